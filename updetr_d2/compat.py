@@ -1,0 +1,177 @@
+"""Every fix that Detectron2 v0.6 needs on today's Python stack, in one place.
+
+Detectron2's last release (v0.6, 2021) predates Pillow 10, numpy 2, torch 2 and
+Python 3.11, and the route that installs it here (tools/build_detectron2.py)
+has no C++ ops. ``apply()`` runs on ``import updetr_d2``, before any Detectron2
+module that needs a fix is imported. Each fix checks whether it is needed and
+does nothing otherwise, so a newer Detectron2 (e.g. a GPU build from git) is
+left untouched. ``APPLIED`` records which fixes took effect; each one is
+covered by ``tests/test_compat.py``.
+
+Other fixes are pins, in ``requirements/constraints.txt``:
+- ``setuptools<81``: ``detectron2.model_zoo`` imports ``pkg_resources``.
+
+Known limits that are not patched (and not on any path this project needs):
+rotated-box ops, ``DeformConv`` backward on CPU, and the caffe2 exporter need
+the C++ ops or caffe2 and raise when called.
+"""
+import importlib
+import inspect
+import os
+import sys
+import types
+
+APPLIED = []
+
+
+class _MissingCompiledOps(types.ModuleType):
+    """Stands in for ``detectron2._C`` when Detectron2 was installed without it.
+
+    Importing it succeeds (v0.6 imports it at module level in ``layers`` and
+    ``evaluation``); calling any op raises a clear error instead.
+    """
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def missing(*args, **kwargs):
+            raise NotImplementedError(
+                f"detectron2._C.{name} is a compiled Detectron2 op, and this Detectron2 was "
+                "installed without its C++ extension. Install Detectron2 from source to use it."
+            )
+
+        return missing
+
+
+def _fix_pillow_linear():
+    """Pillow 10 removed ``Image.LINEAR``, a default argument in
+    ``detectron2/data/transforms/transform.py`` (evaluated at import)."""
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR"):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
+def _fix_numpy_aliases():
+    """numpy removed ``np.int``/``np.float``/``np.str``; v0.6 uses them in
+    ``data/build.py`` (class histogram, error swallowed), ``SemSegEvaluator`` and
+    the VOC loader. They were plain aliases of the builtins."""
+    import numpy as np
+
+    added = False
+    for name, builtin in (("int", int), ("float", float), ("str", str), ("object", object)):
+        if name not in np.__dict__:
+            setattr(np, name, builtin)
+            added = True
+    return added
+
+
+def _fix_missing_compiled_ops():
+    """Without ``detectron2._C`` most of Detectron2 fails to import. Put a stand-in
+    in its place; ops that need it raise when called."""
+    import detectron2
+
+    try:
+        importlib.import_module("detectron2._C")
+        return False
+    except ImportError:
+        pass
+    stub = _MissingCompiledOps("detectron2._C")
+    sys.modules["detectron2._C"] = stub
+    detectron2._C = stub
+    return True
+
+
+def _fix_coco_fast_eval():
+    """``COCOEvaluator`` defaults to the compiled COCOeval; without ``_C`` use
+    pycocotools' own, which computes the same numbers."""
+    if not isinstance(sys.modules.get("detectron2._C"), _MissingCompiledOps):
+        return False
+    from pycocotools.cocoeval import COCOeval
+
+    from detectron2.evaluation import coco_evaluation
+
+    coco_evaluation.COCOeval_opt = COCOeval
+    return True
+
+
+def _fix_export_without_caffe2():
+    """``detectron2.export`` imports caffe2 (gone from torch 2) in its ``__init__``,
+    which breaks ``detectron2.utils.analysis`` (FLOP counting). Provide the package
+    with its caffe2-free parts (tracing and TorchScript helpers) only."""
+    try:
+        importlib.import_module("detectron2.export")
+        return False
+    except ImportError as e:
+        if "caffe2" not in str(e):
+            raise
+    import detectron2
+
+    package = types.ModuleType("detectron2.export")
+    package.__path__ = [os.path.join(os.path.dirname(detectron2.__file__), "export")]
+    package.__package__ = "detectron2.export"
+    sys.modules["detectron2.export"] = package
+    detectron2.export = package
+    flatten = importlib.import_module("detectron2.export.flatten")
+    torchscript = importlib.import_module("detectron2.export.torchscript")
+    package.TracingAdapter = flatten.TracingAdapter
+    package.scripting_with_instances = torchscript.scripting_with_instances
+    package.dump_torchscript_IR = torchscript.dump_torchscript_IR
+    return True
+
+
+def _fix_map_dataset_retry():
+    """``MapDataset`` retries a sample whose mapper returned None with
+    ``random.sample(set)``, a TypeError since Python 3.11. Sample from a list."""
+    from detectron2.data import common
+
+    source = inspect.getsource(common.MapDataset.__getitem__)
+    if "sample(self._fallback_candidates" not in source:
+        return False
+
+    def __getitem__(self, idx):
+        retry_count = 0
+        cur_idx = int(idx)
+        while True:
+            data = self._map_func(self._dataset[cur_idx])
+            if data is not None:
+                self._fallback_candidates.add(cur_idx)
+                return data
+            retry_count += 1
+            self._fallback_candidates.discard(cur_idx)
+            if not self._fallback_candidates:
+                raise RuntimeError("The dataset mapper returned None for every sample tried.")
+            cur_idx = self._rng.sample(list(self._fallback_candidates), k=1)[0]
+            if retry_count >= 3:
+                common.logging.getLogger(common.__name__).warning(
+                    f"Failed to apply `_map_func` for idx: {idx}, retry count: {retry_count}"
+                )
+
+    common.MapDataset.__getitem__ = __getitem__
+    return True
+
+
+# Order matters: the first three must run before Detectron2's submodules import.
+_FIXES = (
+    _fix_pillow_linear,
+    _fix_numpy_aliases,
+    _fix_missing_compiled_ops,
+    _fix_coco_fast_eval,
+    _fix_export_without_caffe2,
+    _fix_map_dataset_retry,
+)
+
+
+_checked = False
+
+
+def apply():
+    """Apply every needed fix once; returns the names of those that took effect."""
+    global _checked
+    if not _checked:
+        _checked = True
+        APPLIED.extend(fix.__name__.lstrip("_") for fix in _FIXES if fix())
+    return list(APPLIED)
