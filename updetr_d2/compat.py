@@ -28,8 +28,23 @@ class _MissingCompiledOps(types.ModuleType):
     """Stands in for ``detectron2._C`` when Detectron2 was installed without it.
 
     Importing it succeeds (v0.6 imports it at module level in ``layers`` and
-    ``evaluation``); calling any op raises a clear error instead.
+    ``evaluation``); calling any op raises a clear error instead. The build-info
+    queries of ``collect_env_info`` (logged by ``default_setup``) answer truthfully.
     """
+
+    __file__ = "<not built>"
+
+    @staticmethod
+    def get_compiler_version():
+        return "none (Detectron2 installed without C++ ops)"
+
+    @staticmethod
+    def get_cuda_version():
+        return "none"
+
+    @staticmethod
+    def has_cuda():
+        return False
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -42,6 +57,15 @@ class _MissingCompiledOps(types.ModuleType):
             )
 
         return missing
+
+
+def _quiet_torchscript_deprecation():
+    """torch 2.14 warns that ``torch.jit.script`` is deprecated each time Detectron2 v0.6
+    scripts a helper at import; the warning is about Detectron2's code, not the user's."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    return True
 
 
 def _fix_pillow_linear():
@@ -156,6 +180,7 @@ def _fix_map_dataset_retry():
 
 # Order matters: the first three must run before Detectron2's submodules import.
 _FIXES = (
+    _quiet_torchscript_deprecation,
     _fix_pillow_linear,
     _fix_numpy_aliases,
     _fix_missing_compiled_ops,

@@ -1,6 +1,7 @@
 """yaml-config keys of updetr_d2 (``add_updetr_config``); LazyConfig files under
 ``configs/`` set the same constructor arguments directly."""
 import torch
+from detectron2.config import CfgNode as CN
 
 
 def default_device() -> str:
@@ -8,11 +9,51 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def add_detr_config(cfg):
+    """``MODEL.DETR.*``: DETR's model, matcher and loss settings (paper defaults), and
+    ``SOLVER.*`` additions for its optimiser."""
+    cfg.MODEL.DETR = CN()
+    d = cfg.MODEL.DETR
+    d.NUM_CLASSES = 80
+    d.IN_FEATURE = "res5"
+    d.POSITION_EMBEDDING = "sine"  # or "learned"
+    d.HIDDEN_DIM = 256
+    d.NHEADS = 8
+    d.DROPOUT = 0.1
+    d.DIM_FEEDFORWARD = 2048
+    d.ENC_LAYERS = 6
+    d.DEC_LAYERS = 6
+    d.PRE_NORM = False
+    d.NUM_OBJECT_QUERIES = 100
+    d.SIZE_DIVISIBILITY = 32
+    # Loss weights, also the matcher's cost weights (as in DETR).
+    d.CLASS_WEIGHT = 1.0
+    d.L1_WEIGHT = 5.0
+    d.GIOU_WEIGHT = 2.0
+    d.NO_OBJECT_WEIGHT = 0.1
+    d.DEEP_SUPERVISION = True  # auxiliary losses on every decoder layer
+
+    # AdamW with a lower backbone learning rate and full-model gradient-norm clipping.
+    # "SGD" keeps Detectron2's own optimiser for existing configs; DETR configs set "ADAMW".
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    return cfg
+
+
 def add_updetr_config(cfg):
-    """Add the project's keys and defaults to a Detectron2 ``CfgNode`` (in place).
+    """Add all of the project's keys and defaults to a Detectron2 ``CfgNode`` (in place).
 
     Idempotent, so method-specific ``add_*_config`` functions can call it first.
     """
+    add_detr_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.
     cfg.MODEL.DEVICE = default_device()
+
+    # Which registered dataset mapper the data loaders use (updetr_d2.data.MAPPER_REGISTRY).
+    cfg.INPUT.DATASET_MAPPER = "DatasetMapper"
+    # DETR's crop branch (used when INPUT.CROP.ENABLED): resize the short side to one of
+    # PRE_RESIZE, crop to INPUT.CROP.SIZE, then the multi-scale resize; taken with prob PROB.
+    cfg.INPUT.DETR_CROP = CN()
+    cfg.INPUT.DETR_CROP.PRE_RESIZE = (400, 500, 600)
+    cfg.INPUT.DETR_CROP.PROB = 0.5
     return cfg

@@ -1,0 +1,15 @@
+"""Training-loop settings shared by the LazyConfig files (read by updetr_d2.engine.lazy)."""
+from updetr_d2.config import default_device
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=1000,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=500, max_to_keep=3),
+    eval_period=0,  # 0: evaluate once, after the last iteration
+    log_period=20,
+    device=default_device(),
+    seed=-1,
+)

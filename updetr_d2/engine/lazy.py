@@ -1,0 +1,77 @@
+"""The LazyConfig route: train and evaluate a config that defines ``model``,
+``dataloader.{train,test,evaluator}``, ``optimizer``, ``lr_multiplier`` and
+``train`` (see ``configs/common/train.py``)."""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+logger = logging.getLogger("detectron2")
+
+
+def do_test(cfg, model):
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_model(cfg):
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    return model
+
+
+def do_train(cfg, resume: bool):
+    """Train; returns the results of the last evaluation (the EvalHook runs one at the end)."""
+    model = build_model(cfg)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    trainer = SimpleTrainer(model, train_loader, optimizer)
+    last_results = {}
+
+    def evaluate():
+        last_results.clear()
+        last_results.update(do_test(cfg, model))
+        return last_results
+
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # A checkpoint stores the iteration that just finished.
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last_results
+
+
+def do_eval_only(cfg):
+    model = create_ddp_model(build_model(cfg))
+    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    return do_test(cfg, model)

@@ -1,0 +1,35 @@
+"""The yaml-config route: Detectron2's ``DefaultTrainer`` with the project's choices."""
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+
+from ..data.mappers import build_dataset_mapper
+from ..solver import build_optimizer
+from .evaluation import build_evaluator
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with the optimiser of ``SOLVER.OPTIMIZER``, data loaders using the
+    mapper named by ``INPUT.DATASET_MAPPER`` and the evaluator the dataset's metadata asks for."""
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_dataset_mapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(dataset_name, output_folder or cfg.OUTPUT_DIR)
+
+    def train(self):
+        """Train; returns the results of the last evaluation (run after the last iteration)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)

@@ -1,0 +1,49 @@
+"""Any Detectron2 backbone as a DETR feature extractor: feature maps plus the padding
+masks (True = padded pixel) that position embeddings and attention need."""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import Backbone
+from detectron2.structures import ImageList
+from torch import nn
+
+
+def padding_mask(images: ImageList) -> torch.Tensor:
+    """[B, H, W] bool mask of the padded batch: True where a pixel is padding."""
+    batch, _, height, width = images.tensor.shape
+    mask = torch.ones(batch, height, width, dtype=torch.bool, device=images.tensor.device)
+    for i, (h, w) in enumerate(images.image_sizes):
+        mask[i, :h, :w] = False
+    return mask
+
+
+class MaskedBackbone(nn.Module):
+    """Runs ``backbone`` and returns ``[(feature, mask), ...]`` for ``in_features``,
+    each mask downsampled to its feature map's size."""
+
+    def __init__(self, backbone: Backbone, in_features: Sequence[str]):
+        super().__init__()
+        shapes = backbone.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"Backbone {type(backbone).__name__} has no output {missing}; it gives {sorted(shapes)}"
+            )
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        self.num_channels = [shapes[f].channels for f in self.in_features]
+        self.strides = [shapes[f].stride for f in self.in_features]
+
+    @property
+    def size_divisibility(self) -> int:
+        return getattr(self.backbone, "size_divisibility", 0)
+
+    def forward(self, images: ImageList) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        features = self.backbone(images.tensor)
+        mask = padding_mask(images)[None].float()
+        out = []
+        for name in self.in_features:
+            x = features[name]
+            out.append((x, F.interpolate(mask, size=x.shape[-2:]).to(torch.bool)[0]))
+        return out
