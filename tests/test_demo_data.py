@@ -194,8 +194,7 @@ def test_train_has_an_empty_image_and_every_class(root):
 
 
 def test_partial_occlusion_occurs(root):
-    """Some shapes are cut by others: their visible masks are not convex-ish blobs but
-    overlap another shape's bounding box."""
+    """Shapes overlap, later ones hiding part of earlier ones: count overlapping box pairs."""
     coco = COCO(os.path.join(root, "annotations", "instances_train.json"))
     overlaps = 0
     for i in coco.imgs:

@@ -40,8 +40,10 @@ def coco_bbox_metrics(output):
 
 
 def iterations_logged(output_dir):
+    """Iterations whose training losses metrics.json recorded."""
     with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line)["iteration"] for line in f if '"iteration"' in line]
+        records = [json.loads(line) for line in f]
+    return [r["iteration"] for r in records if "total_loss" in r]
 
 
 def test_yaml_train_evaluate_then_eval_only(tmp_path):
@@ -53,7 +55,8 @@ def test_yaml_train_evaluate_then_eval_only(tmp_path):
     assert all(0.0 <= v <= 100.0 or v != v for v in metrics.values())  # NaN: no objects of that size
     assert 0.0 <= metrics["AP"] <= 100.0
     assert max(iterations_logged(out)) == 19
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000009.pth", "model_final.pth"]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
+        "model_0000009.pth", "model_0000019.pth", "model_final.pth"]
     assert os.path.isfile(os.path.join(out, "inference", "updetr_demo_val", "coco_instances_results.json"))
 
     # Evaluating the final weights again gives the same numbers.

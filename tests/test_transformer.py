@@ -82,7 +82,8 @@ def test_sine_padded_mask_matches_loop_reference():
     mask[0, :, 3:] = True
     mask[1, 2:, :] = True
     emb = PositionEmbeddingSine(num_pos_feats=6, normalize=True)(mask)
-    torch.testing.assert_close(emb.double(), _sine_reference(mask, 6, 10000, True, 2 * math.pi), atol=1e-5, rtol=0)
+    ref = _sine_reference(mask, 6, 10000, True, 2 * math.pi)
+    torch.testing.assert_close(emb.double(), ref, atol=1e-5, rtol=0)
 
 
 def test_sine_default_shape_and_dtype():
@@ -118,7 +119,8 @@ def test_learned_shape_order_and_error():
     torch.testing.assert_close(emb[1, :6, 2, 5], pe.col_embed.weight[5])
     torch.testing.assert_close(emb[0, 6:, 3, 1], pe.row_embed.weight[3])
     emb.sum().backward()
-    assert pe.col_embed.weight.grad[:7].abs().sum() > 0 and pe.col_embed.weight.grad[7:].abs().sum() == 0
+    grad = pe.col_embed.weight.grad
+    assert grad[:7].abs().sum() > 0 and grad[7:].abs().sum() == 0
     with pytest.raises(ValueError, match="max_size"):
         pe(torch.zeros(1, 11, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="max_size"):
@@ -267,8 +269,10 @@ def test_decoder_layer_post_norm_matches_reference():
     # plain DETR post-norm math
     t = tgt
     t = _ln(t + _ref_mha(t + qpos, t + qpos, t, layer.self_attn, attn_mask=blocked), layer.norm1)
-    t = _ln(t + _ref_mha(t + qpos, mem + pos, mem, layer.multihead_attn, key_padding_mask=kpm), layer.norm2)
-    ff = F.linear(F.relu(F.linear(t, layer.linear1.weight, layer.linear1.bias)), layer.linear2.weight, layer.linear2.bias)
+    cross = _ref_mha(t + qpos, mem + pos, mem, layer.multihead_attn, key_padding_mask=kpm)
+    t = _ln(t + cross, layer.norm2)
+    hidden = F.relu(F.linear(t, layer.linear1.weight, layer.linear1.bias))
+    ff = F.linear(hidden, layer.linear2.weight, layer.linear2.bias)
     t = _ln(t + ff, layer.norm3)
     torch.testing.assert_close(out, t, atol=1e-5, rtol=1e-5)
 
@@ -292,7 +296,8 @@ def test_decoder_layer_pre_norm_matches_reference():
 
 @pytest.mark.parametrize("normalize_before", [False, True])
 def test_encoder_layer_matches_reference(normalize_before):
-    layer = _randomize(TransformerEncoderLayer(D, NHEAD, FF, normalize_before=normalize_before)).eval()
+    layer = TransformerEncoderLayer(D, NHEAD, FF, normalize_before=normalize_before)
+    layer = _randomize(layer).eval()
     g = torch.Generator().manual_seed(6)
     S, B = 7, 2
     src, pos = torch.randn(S, B, D, generator=g), torch.randn(S, B, D, generator=g)
@@ -308,7 +313,8 @@ def test_encoder_layer_matches_reference(normalize_before):
         s = src + _ref_mha(x + pos, x + pos, x, layer.self_attn, key_padding_mask=kpm)
         s = s + ffn(_ln(s, layer.norm2))
     else:
-        s = _ln(src + _ref_mha(src + pos, src + pos, src, layer.self_attn, key_padding_mask=kpm), layer.norm1)
+        attn = _ref_mha(src + pos, src + pos, src, layer.self_attn, key_padding_mask=kpm)
+        s = _ln(src + attn, layer.norm1)
         s = _ln(s + ffn(s), layer.norm2)
     torch.testing.assert_close(out, s, atol=1e-5, rtol=1e-5)
 
@@ -349,7 +355,8 @@ def test_transformer_parameter_names_and_init():
     ]:
         assert k in keys
     assert not any(k.startswith("encoder.norm") for k in keys)
-    assert any(k.startswith("encoder.norm") for k in _transformer(normalize_before=True).state_dict())
+    pre_norm_keys = _transformer(normalize_before=True).state_dict()
+    assert any(k.startswith("encoder.norm") for k in pre_norm_keys)
     w = model.decoder.layers[0].linear1.weight  # [FF, D], xavier bound sqrt(6 / (FF + D))
     assert w.abs().max() <= math.sqrt(6 / (FF + D)) + 1e-6
     assert w.abs().max() > 0.5 * math.sqrt(6 / (FF + D))
@@ -427,7 +434,7 @@ def test_per_image_query_pos_and_tgt_equal_shared():
 
 
 def test_batch_consistency_and_backward():
-    """An image gives the same output alone as in a padded batch; gradients reach every parameter."""
+    """An image gives the same output alone as in a padded batch; gradients reach all parameters."""
     model = _transformer().eval()
     src, mask, query_pos, pos = _inputs()
     hs, _ = model(src, mask, query_pos, pos)

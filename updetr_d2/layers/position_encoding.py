@@ -58,7 +58,8 @@ class PositionEmbeddingSine(nn.Module):
         """
         if mask.dim() != 3 or mask.dtype != torch.bool:
             raise ValueError(
-                f"mask must be a bool tensor [B, H, W] (True = padded), got {mask.dtype} {tuple(mask.shape)}"
+                "mask must be a bool tensor [B, H, W] (True = padded), got "
+                f"{mask.dtype} {tuple(mask.shape)}"
             )
         not_mask = ~mask
         y = not_mask.cumsum(1, dtype=torch.float32)  # [B, H, W]

@@ -108,13 +108,15 @@ def build_attention_mask(
             bh, l, s = blocked.shape
             if bh % num_heads != 0 or (batch is not None and bh != batch * num_heads):
                 raise ValueError(
-                    f"a 3-D attention mask must be [B * num_heads, L, S]; got {tuple(blocked.shape)} "
+                    "a 3-D attention mask must be [B * num_heads, L, S]; got "
+                    f"{tuple(blocked.shape)} "
                     f"with num_heads={num_heads}" + (f", B={batch}" if batch is not None else "")
                 )
             parts.append(blocked.view(bh // num_heads, num_heads, l, s))
         else:
             raise ValueError(
-                f"attention mask must be [L, S] or [B * num_heads, L, S]; got {tuple(blocked.shape)}"
+                "attention mask must be [L, S] or [B * num_heads, L, S]; got "
+                f"{tuple(blocked.shape)}"
             )
         if (tgt_len is not None and l != tgt_len) or (src_len is not None and s != src_len):
             raise ValueError(
@@ -129,7 +131,8 @@ def build_attention_mask(
         b, s = key_padding_mask.shape
         if (batch is not None and b != batch) or (src_len is not None and s != src_len):
             raise ValueError(
-                f"key_padding_mask is {tuple(key_padding_mask.shape)}, expected ({batch}, {src_len})"
+                f"key_padding_mask is {tuple(key_padding_mask.shape)}, "
+                f"expected ({batch}, {src_len})"
             )
         parts.append(key_padding_mask.view(b, 1, 1, s))
     if not parts:
@@ -192,7 +195,9 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None
+    ) -> Tensor:
         """query [L, B, E], key and value [S, B, E]; returns [L, B, E].
 
         attn_mask: ``None`` or a mask from :func:`build_attention_mask` (bool,
@@ -273,7 +278,9 @@ class TransformerEncoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
-    def forward(self, src: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, src: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
+    ) -> Tensor:
         """src, pos: [S, B, d]; attn_mask: from :func:`build_attention_mask` or None."""
         if self.normalize_before:
             x = self.norm1(src)
@@ -364,13 +371,17 @@ class TransformerEncoder(nn.Module):
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+            TransformerEncoderLayer(
+                d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+            )
             for _ in range(num_layers)
         )
         self.num_layers = num_layers
         self.norm = nn.LayerNorm(d_model) if normalize_before else None
 
-    def forward(self, src: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, src: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
+    ) -> Tensor:
         """src, pos: [S, B, d]; attn_mask: from :func:`build_attention_mask`. Returns [S, B, d]."""
         for layer in self.layers:
             src = layer(src, pos=pos, attn_mask=attn_mask)
@@ -396,8 +407,12 @@ class TransformerDecoder(nn.Module):
         return_intermediate: bool = True,
     ):
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"the decoder needs at least one layer, got num_layers={num_layers}")
         self.layers = nn.ModuleList(
-            TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+            TransformerDecoderLayer(
+                d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+            )
             for _ in range(num_layers)
         )
         self.num_layers = num_layers
@@ -460,7 +475,13 @@ class Transformer(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
         self.encoder = TransformerEncoder(
-            num_encoder_layers, d_model, nhead, dim_feedforward, dropout, activation, normalize_before
+            num_encoder_layers,
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            normalize_before,
         )
         self.decoder = TransformerDecoder(
             num_decoder_layers,
@@ -486,7 +507,8 @@ class Transformer(nn.Module):
         if x.dim() == 3 and x.shape[0] == batch and x.shape[2] == self.d_model:
             return x.transpose(0, 1).contiguous()
         raise ValueError(
-            f"{name} must be [Q, {self.d_model}] or [{batch}, Q, {self.d_model}]; got {tuple(x.shape)}"
+            f"{name} must be [Q, {self.d_model}] or [{batch}, Q, {self.d_model}]; "
+            f"got {tuple(x.shape)}"
         )
 
     def forward(
@@ -522,7 +544,9 @@ class Transformer(nn.Module):
         if tuple(mask.shape) != (B, H, W):
             raise ValueError(f"mask must be [B, H, W] = {(B, H, W)}; got {tuple(mask.shape)}")
         if tuple(pos_embed.shape) != tuple(src.shape):
-            raise ValueError(f"pos_embed must have src's shape {tuple(src.shape)}; got {tuple(pos_embed.shape)}")
+            raise ValueError(
+                f"pos_embed must have src's shape {tuple(src.shape)}; got {tuple(pos_embed.shape)}"
+            )
 
         # [B, d, H, W] -> [HW, B, d], made contiguous once for all layers' matmuls
         src = src.flatten(2).permute(2, 0, 1).contiguous()
@@ -546,6 +570,11 @@ class Transformer(nn.Module):
 
         memory = self.encoder(src, pos=pos, attn_mask=key_mask)
         hs = self.decoder(
-            tgt, memory, query_pos=query_pos, pos=pos, self_attn_mask=query_mask, memory_mask=key_mask
+            tgt,
+            memory,
+            query_pos=query_pos,
+            pos=pos,
+            self_attn_mask=query_mask,
+            memory_mask=key_mask,
         )
         return hs.transpose(1, 2), memory.permute(1, 2, 0).view(B, C, H, W)

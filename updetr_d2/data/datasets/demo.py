@@ -127,8 +127,8 @@ def _texture(rng, box) -> np.ndarray:
         t = ((xs // s + ys // s) % 2).astype(np.float32)
     elif kind == 3:
         t = _fractal_noise(rng, h, w, rng.uniform(4, 12), rng.uniform(4, 12), octaves=2)
-    else:
-        a, b = _DIRECTIONS[int(rng.integers(3))][:: 1 if rng.random() < 0.5 else -1]
+    else:  # along x, y or the diagonal (random colours make either way round equally likely)
+        a, b = _DIRECTIONS[int(rng.integers(3))]
         t = np.clip((a * (xs - x0) + b * (ys - y0)) / max(1, a * w + b * h), 0, 1)
         t = t.astype(np.float32)
     return _mix(c1, c2, t)
@@ -161,18 +161,16 @@ def _shape_mask(rng, kind: int, h: int, w: int, near=None):
     return mask.astype(bool), (cx, cy)
 
 
-def _has_hole(mask: np.ndarray) -> bool:
-    """COCO polygons cannot describe holes; a visible mask with one is rejected."""
-    _, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    return hierarchy is not None and bool((hierarchy[0][:, 3] != -1).any())
-
-
 def _layout_ok(ids: np.ndarray, full_areas: List[int]) -> bool:
-    """Every shape keeps enough visible pixels, without holes."""
+    """Every shape keeps enough visible pixels, and no hole (a shape on top of another,
+    strictly inside it), since COCO polygons cannot describe holes."""
     for k, full in enumerate(full_areas, 1):
-        visible = ids == k
+        visible = (ids == k).astype(np.uint8)
         area = int(np.count_nonzero(visible))
-        if area < _MIN_AREA or area < _MIN_VISIBLE * full or _has_hole(visible):
+        if area < _MIN_AREA or area < _MIN_VISIBLE * full:
+            return False
+        _, hierarchy = cv2.findContours(visible, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        if (hierarchy[0][:, 3] != -1).any():  # a contour with a parent bounds a hole
             return False
     return True
 
@@ -393,7 +391,7 @@ def _load_unlabeled(root: str) -> List[Dict]:
 
 
 def register_demo_datasets(root: Optional[str] = None, prefix: str = "updetr_demo") -> List[str]:
-    """Registers the five ``{prefix}_*`` datasets (table in the module docstring) and
+    """Registers the five ``{prefix}_*`` datasets (see the module docstring) and
     returns their names. Nothing is generated now: each loader calls
     :func:`ensure_demo_dataset` when ``DatasetCatalog.get(name)`` first runs. The root
     is resolved now, so set ``$UPDETR_DEMO_ROOT`` before registering. Names already

@@ -45,6 +45,11 @@ def detr_train_augmentations(
     crop_prob: float = 0.5,
     flip: bool = True,
 ) -> List[T.Augmentation]:
+    if crop_type.startswith("relative") and max(crop_size) > 1:
+        raise ValueError(
+            f"INPUT.CROP.SIZE={tuple(crop_size)} is in pixels but INPUT.CROP.TYPE={crop_type!r} "
+            "takes fractions of the image; use 'absolute_range' (as DETR) or fractions <= 1"
+        )
     resize = T.ResizeShortestEdge(tuple(min_sizes), max_size, sample_style="choice")
     augs: List[T.Augmentation] = [T.RandomFlip(horizontal=True)] if flip else []
     if not crop_enabled or crop_prob <= 0:

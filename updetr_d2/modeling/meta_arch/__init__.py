@@ -1,0 +1,3 @@
+from .detr import Detr
+
+__all__ = ["Detr"]
