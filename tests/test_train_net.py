@@ -1,5 +1,6 @@
-"""tools/train_net.py end to end on the demo data, through both config routes:
-train, evaluate with COCOEvaluator, resume from the last checkpoint, evaluate only."""
+"""tools/train_net.py end to end on the demo data, through both config routes: train,
+evaluate with COCOEvaluator, resume from the last checkpoint, evaluate only; for the
+project's DETR and for a Detectron2 built-in model next to it."""
 import json
 import os
 import re
@@ -10,33 +11,38 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
-YAML = os.path.join(ROOT, "configs", "demo", "faster_rcnn_R18_FPN.yaml")
-LAZY = os.path.join(ROOT, "configs", "demo", "faster_rcnn_R18_FPN.py")
+CONFIGS = os.path.join(ROOT, "configs", "demo")
 # Small inputs keep each run to seconds on a CPU.
 YAML_FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
              "INPUT.MAX_SIZE_TEST", "192", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1"]
-LAZY_FAST = ["dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
-             "dataloader.train.mapper.augmentations.0.max_size=192",
-             "dataloader.test.mapper.augmentations.0.short_edge_length=128",
-             "dataloader.test.mapper.augmentations.0.max_size=192",
-             "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=1",
-             "dataloader.test.num_workers=1"]
+DETR_YAML_FAST = YAML_FAST + ["INPUT.CROP.SIZE", "(64, 128)", "INPUT.DETR_CROP.PRE_RESIZE", "(128,)"]
+DETR_LAZY_FAST = ["dataloader.train.mapper.augmentations.min_sizes=[128]",
+                  "dataloader.train.mapper.augmentations.max_size=192",
+                  "dataloader.train.mapper.augmentations.crop_pre_resize=[128]",
+                  "dataloader.train.mapper.augmentations.crop_size=[64,128]",
+                  "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+                  "dataloader.test.mapper.augmentations.0.max_size=192",
+                  "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=1",
+                  "dataloader.test.num_workers=1"]
 
 
-def train_net(*args, check=True):
+def train_net(*args):
     proc = subprocess.run([sys.executable, TRAIN_NET, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     output = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
+    if proc.returncode != 0:
         pytest.fail(f"train_net.py {' '.join(args)} failed:\n{output[-4000:]}")
     return output
 
 
 def coco_bbox_metrics(output):
     """The AP row Detectron2 prints in csv form after a COCO evaluation."""
-    (row,) = re.findall(r"copypaste: Task: bbox\n.*copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)",
-                        output)
-    return dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, row.split(","))))
+    rows = re.findall(r"copypaste: Task: bbox\n.*copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)",
+                      output)
+    assert len(rows) == 1, output[-3000:]
+    metrics = dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[0].split(","))))
+    assert 0.0 <= metrics["AP"] <= 100.0 and 0.0 <= metrics["AP50"] <= 100.0
+    return metrics
 
 
 def iterations_logged(output_dir):
@@ -46,33 +52,53 @@ def iterations_logged(output_dir):
     return [r["iteration"] for r in records if "total_loss" in r]
 
 
-def test_yaml_train_evaluate_then_eval_only(tmp_path):
-    out = str(tmp_path / "yaml")
-    output = train_net("--config-file", YAML, *YAML_FAST, "SOLVER.MAX_ITER", "20",
+def checkpoints(output_dir):
+    return sorted(f for f in os.listdir(output_dir) if f.endswith(".pth"))
+
+
+def test_detr_yaml_train_evaluate_then_eval_only(tmp_path):
+    out = str(tmp_path / "train")
+    config = os.path.join(CONFIGS, "detr_R18_demo.yaml")
+    output = train_net("--config-file", config, *DETR_YAML_FAST, "SOLVER.MAX_ITER", "20",
                        "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", out)
     assert "Starting training from iteration 0" in output
     metrics = coco_bbox_metrics(output)
-    assert all(0.0 <= v <= 100.0 or v != v for v in metrics.values())  # NaN: no objects of that size
-    assert 0.0 <= metrics["AP"] <= 100.0
     assert max(iterations_logged(out)) == 19
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
-        "model_0000009.pth", "model_0000019.pth", "model_final.pth"]
+    assert checkpoints(out) == ["model_0000009.pth", "model_0000019.pth", "model_final.pth"]
     assert os.path.isfile(os.path.join(out, "inference", "updetr_demo_val", "coco_instances_results.json"))
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert any("class_error" in json.loads(line) for line in f)
 
-    # Evaluating the final weights again gives the same numbers.
-    again = train_net("--config-file", YAML, *YAML_FAST, "--eval-only", "OUTPUT_DIR", str(tmp_path / "eval"),
-                      "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
+    # Evaluating the saved final weights gives the same numbers.
+    again = train_net("--config-file", config, "--eval-only", *DETR_YAML_FAST,
+                      "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
     assert coco_bbox_metrics(again) == metrics
 
 
-def test_lazy_train_resume(tmp_path):
+def test_detr_lazy_train_resume(tmp_path):
     out = str(tmp_path / "lazy")
-    common = ["--config-file", LAZY, *LAZY_FAST, f"train.output_dir={out}", "train.checkpointer.period=5"]
-    # Stop after 10 of 20 iterations (a killed run leaves the same checkpoint behind).
-    first = train_net(*common, "train.max_iter=10")
+    common = ["--config-file", os.path.join(CONFIGS, "detr_R18_demo.py"), *DETR_LAZY_FAST,
+              f"train.output_dir={out}", "train.checkpointer.period=5"]
+    first = train_net(*common, "train.max_iter=12")
     assert "Starting training from iteration 0" in first
-    resumed = train_net(*common, "train.max_iter=20", "--resume")
+    # Make it look killed during iteration 12: its last periodic checkpoint is iteration 9's.
+    os.remove(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000009.pth")
+    resumed = train_net("--resume", *common, "train.max_iter=20")
+    assert re.search(r"Loading from \S*model_0000009.pth", resumed)
     assert "Starting training from iteration 10" in resumed
-    assert "model_0000009.pth" in resumed  # loaded the last checkpoint of the first run
+    assert iterations_logged(out)[-1] == 19
+    coco_bbox_metrics(resumed)
+
+
+def test_detectron2_builtin_model_runs_alongside(tmp_path):
+    """An existing Detectron2 pipeline (Faster R-CNN, SGD) is unchanged by the import."""
+    out = str(tmp_path / "frcnn")
+    output = train_net("--config-file", os.path.join(CONFIGS, "faster_rcnn_R18_FPN.yaml"), *YAML_FAST,
+                       "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", out)
+    assert "GeneralizedRCNN" in output
+    with open(os.path.join(out, "config.yaml")) as f:
+        assert "OPTIMIZER: SGD" in f.read()
     assert max(iterations_logged(out)) == 19
-    assert 0.0 <= coco_bbox_metrics(resumed)["AP"] <= 100.0
+    coco_bbox_metrics(output)

@@ -20,9 +20,9 @@ OUTPUT = os.path.join(ROOT, "output", "demo")
 # (what it does, config file, overrides)
 STAGES = [
     (
-        "train + evaluate a Detectron2 Faster R-CNN (R18-FPN) on the demo data",
-        "configs/demo/faster_rcnn_R18_FPN.yaml",
-        ["OUTPUT_DIR", os.path.join(OUTPUT, "faster_rcnn")],
+        "train + evaluate a small DETR (ResNet-18, 2+2 transformer layers) on the demo data",
+        "configs/demo/detr_R18_demo.yaml",
+        ["OUTPUT_DIR", os.path.join(OUTPUT, "detr")],
     ),
 ]
 

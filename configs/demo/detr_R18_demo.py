@@ -37,10 +37,10 @@ optimizer.lr = 5e-4
 optimizer.params.backbone_multiplier = 1.0  # trained from scratch
 
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[800], num_updates=1000),
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[400], num_updates=500),
     warmup_length=0.0,
     warmup_factor=1.0,
 )
-train.max_iter = 1000
-train.checkpointer.period = 500
+train.max_iter = 500
+train.checkpointer.period = 250
 train.output_dir = "./output/demo_detr_lazy"

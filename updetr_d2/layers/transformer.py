@@ -251,7 +251,27 @@ def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
     return x if pos is None else x + pos
 
 
-class TransformerEncoderLayer(nn.Module):
+class _AttentionFFNLayer(nn.Module):
+    """What DETR's encoder and decoder layers share: self-attention, a ReLU FFN, and one
+    LayerNorm and dropout per sub-layer (named as in DETR, so its checkpoints load)."""
+
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, normalize_before, num_sublayers):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        for i in range(1, num_sublayers + 1):
+            setattr(self, f"norm{i}", nn.LayerNorm(d_model))
+            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+        self.activation = _activation(activation)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class TransformerEncoderLayer(_AttentionFFNLayer):
     """DETR's encoder layer: self-attention then FFN, post-norm or pre-norm."""
 
     def __init__(
@@ -263,20 +283,7 @@ class TransformerEncoderLayer(nn.Module):
         activation: str = "relu",
         normalize_before: bool = False,
     ):
-        super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.activation = _activation(activation)
-        self.normalize_before = normalize_before
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, normalize_before, 2)
 
     def forward(
         self, src: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None
@@ -292,7 +299,7 @@ class TransformerEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
 
-class TransformerDecoderLayer(nn.Module):
+class TransformerDecoderLayer(_AttentionFFNLayer):
     """DETR's decoder layer: self-attention, cross-attention, FFN; post- or pre-norm."""
 
     def __init__(
@@ -304,23 +311,8 @@ class TransformerDecoderLayer(nn.Module):
         activation: str = "relu",
         normalize_before: bool = False,
     ):
-        super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, normalize_before, 3)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.activation = _activation(activation)
-        self.normalize_before = normalize_before
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
     def forward(
         self,

@@ -1,9 +1,9 @@
 """DETR (Carion et al., 2020) as a Detectron2 meta-architecture.
 
 The forward pass is split into phases that later methods override one at a time:
-``preprocess_image`` -> ``extract_features`` -> ``build_queries`` -> ``transformer`` ->
-``heads`` -> ``losses`` (training) or ``inference``. UP-DETR replaces
-``build_queries`` and adds a loss; DN-DETR and Co-DETR add query groups.
+``preprocess_image`` -> ``extract_features`` -> ``build_queries`` -> ``decode`` (transformer)
+-> ``forward_outputs`` (heads) -> ``losses`` (training) or ``inference``. UP-DETR replaces
+``build_queries`` and adds an output and a loss; DN-DETR and Co-DETR add query groups.
 """
 import math
 from typing import Dict, List, Sequence
@@ -132,14 +132,18 @@ class Detr(nn.Module):
     def build_queries(self, batched_inputs: List[Dict], images: ImageList) -> QueryBundle:
         return self.query_generator(len(images))
 
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        """DETR's output dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``)."""
+    def decode(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
+        """Decoder states of every layer, ``[L, B, Q, d]``."""
         src, mask, pos = self.extract_features(images)
         queries = self.build_queries(batched_inputs, images)
         hs, _ = self.transformer(
             src, mask, queries.query_pos, pos, tgt=queries.tgt, self_attn_mask=queries.self_attn_mask
         )
-        return self.heads(hs)
+        return hs
+
+    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
+        """DETR's output dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``)."""
+        return self.heads(self.decode(batched_inputs, images))
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
