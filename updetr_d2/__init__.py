@@ -12,7 +12,7 @@ from . import compat
 
 compat.apply()
 
-from . import config, data, modeling  # noqa: E402  (registration by import)
+from . import config, data, methods, modeling  # noqa: E402  (registration by import)
 from .config import add_updetr_config  # noqa: E402
 
-__all__ = ["add_updetr_config", "compat", "config", "data", "modeling"]
+__all__ = ["add_updetr_config", "compat", "config", "data", "methods", "modeling"]

@@ -19,7 +19,7 @@ del resnet.stages.stride_in_1x1  # a ResNet-18 has no bottleneck blocks
 resnet.freeze_at = 0
 model.position_embedding.num_pos_feats = 64
 model.transformer.update(d_model=128, nhead=4, dim_feedforward=512, num_encoder_layers=2,
-                         num_decoder_layers=2, dropout=0.0)
+                         num_decoder_layers=2, dropout=0.0, normalize_before=True)
 model.query_generator.update(num_queries=20, hidden_dim=128)
 model.update(num_classes=4, hidden_dim=128)
 

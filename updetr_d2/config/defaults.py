@@ -40,12 +40,36 @@ def add_detr_config(cfg):
     return cfg
 
 
+def add_updetr_pretraining_config(cfg):
+    """``MODEL.UPDETR.*`` and ``INPUT.QUERY_PATCH.*``: UP-DETR's random query patch
+    pretraining (paper defaults); the rest of the model is ``MODEL.DETR``."""
+    cfg.MODEL.UPDETR = CN()
+    u = cfg.MODEL.UPDETR
+    u.NUM_PATCHES = 10
+    u.FREEZE_BACKBONE = True  # the paper: freezing the CNN is a prerequisite
+    u.FEATURE_RECONSTRUCTION = True
+    u.RECONSTRUCTION_WEIGHT = 1.0
+    # Probability that a query slot loses its patch feature during training.
+    u.QUERY_DROPOUT = 0.1
+
+    cfg.INPUT.QUERY_PATCH = CN()
+    p = cfg.INPUT.QUERY_PATCH
+    p.SIZE = 128  # patches are resized to SIZE x SIZE
+    p.MIN_SIDE = 8  # pixels, on the original image
+    p.MAX_FRACTION = 1.0  # of the image side
+    p.ASPECT_RANGE = ()  # () = sides drawn independently, as the paper
+    p.AUGMENT = True  # colour jitter, grayscale, blur on the patches
+    p.SEED = -1  # >= 0: the same patches for a given image every time
+    return cfg
+
+
 def add_updetr_config(cfg):
     """Add all of the project's keys and defaults to a Detectron2 ``CfgNode`` (in place).
 
     Idempotent, so method-specific ``add_*_config`` functions can call it first.
     """
     add_detr_config(cfg)
+    add_updetr_pretraining_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.
     cfg.MODEL.DEVICE = default_device()
 

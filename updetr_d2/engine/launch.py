@@ -1,6 +1,7 @@
 """One entry point for both config routes: a yaml file (Detectron2's CfgNode,
 with ``add_updetr_config``) or a LazyConfig ``.py`` file, told apart by extension."""
 import logging
+import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -8,7 +9,10 @@ from detectron2.config import LazyConfig, get_cfg
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 
+from detectron2.data import DatasetCatalog
+
 from ..config import add_updetr_config
+from ..data import register_unlabeled_folder
 from . import lazy
 from .trainer import Trainer
 
@@ -27,6 +31,14 @@ def _device_or_cpu(device: str) -> str:
     return device
 
 
+def register_image_folders(names):
+    """A training "dataset" that is a folder path and not a registered name becomes an
+    unlabeled image folder (for pretraining), e.g. ``DATASETS.TRAIN "('/data/images',)"``."""
+    for name in [names] if isinstance(names, str) else names:
+        if name not in DatasetCatalog.list() and os.path.isdir(name):
+            register_unlabeled_folder(name, name)
+
+
 def setup(args):
     """Load, override and freeze the config named by ``args``; set up logging and the output dir."""
     if not args.config_file:
@@ -35,12 +47,14 @@ def setup(args):
         cfg = LazyConfig.load(args.config_file)
         cfg = LazyConfig.apply_overrides(cfg, args.opts)
         cfg.train.device = _device_or_cpu(cfg.train.get("device", "cpu"))
+        register_image_folders(cfg.dataloader.train.dataset.get("names", ()))
     else:
         cfg = get_cfg()
         add_updetr_config(cfg)
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
         cfg.MODEL.DEVICE = _device_or_cpu(cfg.MODEL.DEVICE)
+        register_image_folders(cfg.DATASETS.TRAIN)
         cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -6,8 +6,8 @@ self-attention mask (bool, True = blocked). DETR learns its queries
 (``LearnedQueries``); UP-DETR conditions them on image patches, DN-DETR and Co-DETR
 append denoising / positive groups with a mask that keeps groups apart.
 """
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ class QueryBundle:
     query_pos: torch.Tensor
     tgt: Optional[torch.Tensor] = None
     self_attn_mask: Optional[torch.Tensor] = None
+    # What later phases need to know about the queries (e.g. UP-DETR's patch features,
+    # the reconstruction targets).
+    meta: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_queries(self) -> int:

@@ -1,10 +1,11 @@
 """DETR (Carion et al., 2020) as a Detectron2 meta-architecture.
 
 The forward pass is split into phases that later methods override one at a time:
-``preprocess_image`` -> ``extract_features`` -> ``build_queries`` -> ``decode`` (transformer)
--> ``forward_outputs`` (heads) -> ``losses`` (training) or ``inference``. UP-DETR replaces
+``preprocess_image`` -> ``build_queries`` -> ``decode`` (``extract_features`` and the
+transformer) -> ``predict`` (heads) -> ``losses`` (training) or ``inference``. UP-DETR replaces
 ``build_queries`` and adds an output and a loss; DN-DETR and Co-DETR add query groups.
 """
+import logging
 import math
 from typing import Dict, List, Sequence
 
@@ -50,14 +51,17 @@ def build_transformer(cfg):
     )
 
 
-def build_detr_criterion(cfg, num_classes: int = None):
+def build_detr_criterion(cfg, num_classes: int = None, extra_terms=(), extra_weights=None):
+    """DETR's matcher and losses from ``MODEL.DETR``; methods append their own terms."""
     d = cfg.MODEL.DETR
     num_classes = d.NUM_CLASSES if num_classes is None else num_classes
     matcher = HungarianMatcher(cost_class=d.CLASS_WEIGHT, cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT)
+    weights = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
+    weights.update(extra_weights or {})
     return SetCriterion(
         matcher,
-        loss_terms=[LabelCrossEntropy(num_classes, eos_coef=d.NO_OBJECT_WEIGHT), BoxL1GIoU()],
-        weight_dict={"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT},
+        loss_terms=[LabelCrossEntropy(num_classes, eos_coef=d.NO_OBJECT_WEIGHT), BoxL1GIoU(), *extra_terms],
+        weight_dict=weights,
         aux_loss=d.DEEP_SUPERVISION,
     )
 
@@ -132,18 +136,21 @@ class Detr(nn.Module):
     def build_queries(self, batched_inputs: List[Dict], images: ImageList) -> QueryBundle:
         return self.query_generator(len(images))
 
-    def decode(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
+    def decode(self, images: ImageList, queries: QueryBundle) -> torch.Tensor:
         """Decoder states of every layer, ``[L, B, Q, d]``."""
         src, mask, pos = self.extract_features(images)
-        queries = self.build_queries(batched_inputs, images)
         hs, _ = self.transformer(
             src, mask, queries.query_pos, pos, tgt=queries.tgt, self_attn_mask=queries.self_attn_mask
         )
         return hs
 
+    def predict(self, hs: torch.Tensor, queries: QueryBundle) -> Dict:
+        """DETR's output dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``) from decoder states."""
+        return self.heads(hs)
+
     def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        """DETR's output dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``)."""
-        return self.heads(self.decode(batched_inputs, images))
+        queries = self.build_queries(batched_inputs, images)
+        return self.predict(self.decode(images, queries), queries)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
@@ -185,7 +192,30 @@ class Detr(nn.Module):
             result.pred_boxes.clip((h, w))
             result.scores = scores[i]
             result.pred_classes = labels[i]
-            height = batched_inputs[i].get("height", h)
-            width = batched_inputs[i].get("width", w)
-            results.append({"instances": detector_postprocess(result, height, width)})
+            results.append({"instances": self._to_input_size(result, batched_inputs[i])})
         return results
+
+    @staticmethod
+    def _to_input_size(result: Instances, batched_input: Dict) -> Instances:
+        """Rescale to the size the input asks for (its original image size)."""
+        h, w = result.image_size
+        return detector_postprocess(result, batched_input.get("height", h), batched_input.get("width", w))
+
+    # --- checkpoints ----------------------------------------------------------------
+    # Keys only an UP-DETR pretraining checkpoint has, and the pretext's class head.
+    PRETRAINING_ONLY_KEYS = ("query_generator.patch2query.", "feature_align.", "heads.class_embed.")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Fine-tuning from an UP-DETR pretraining checkpoint: as the paper, everything
+        loads except the patch projection, the feature head and the class head (the
+        pretext's "patch" class means nothing to the detector); what was dropped is logged."""
+        is_pretraining = any(k.startswith(prefix + "query_generator.patch2query.") for k in state_dict)
+        if is_pretraining and not hasattr(self.query_generator, "patch2query"):
+            dropped = [k for k in list(state_dict) if k[len(prefix):].startswith(self.PRETRAINING_ONLY_KEYS)]
+            for key in dropped:
+                del state_dict[key]
+            logging.getLogger(__name__).info(
+                "Initialising %s from an UP-DETR pretraining checkpoint; not loaded: %s",
+                type(self).__name__, ", ".join(k[len(prefix):] for k in dropped),
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

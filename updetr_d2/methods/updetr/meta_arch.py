@@ -1,0 +1,141 @@
+"""UP-DETR pretraining as a Detectron2 meta-architecture: DETR whose queries are
+conditioned on random patches of the image, trained to find those patches."""
+import logging
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, ImageList, Instances
+from torchvision.ops import box_convert
+
+from ...modeling.heads import MLP
+from ...modeling.meta_arch.detr import Detr, build_detr_criterion
+from ...modeling.queries import QueryBundle
+from .losses import FeatureReconstruction
+from .queries import PatchQueries
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class UPDETR(Detr):
+    """Random query patch detection (one "patch" class).
+
+    Each input carries ``patches`` ([M, 3, S, S], from ``QueryPatchDatasetMapper``) and,
+    in training, ``instances`` whose i-th box is where patch i was cut. The patches go
+    through the same backbone, are global-average-pooled, projected and added to the
+    object queries (``PatchQueries``). Losses: DETR's (patch vs no-object, L1, GIoU)
+    through the shared matcher and criterion, plus feature reconstruction. With
+    ``freeze_backbone`` (the paper's prerequisite) the CNN gets no gradient and keeps
+    its normalisation statistics.
+
+    At inference each query gives a box, the probability that it is its patch
+    (``scores``) and, in ``pred_classes``, the index of the patch its group was given.
+    """
+
+    @configurable
+    def __init__(self, *, freeze_backbone: bool = True, feature_reconstruction: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(self.query_generator, PatchQueries):
+            raise TypeError(f"UPDETR needs PatchQueries as its query generator, got {type(self.query_generator)}")
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.backbone.eval()
+        hidden_dim = self.heads.class_embed.in_features
+        feature_dim = self.query_generator.patch2query.in_features
+        self.feature_align = MLP(hidden_dim, hidden_dim, feature_dim, 2) if feature_reconstruction else None
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        u = cfg.MODEL.UPDETR
+        extra_terms, extra_weights = [], {}
+        if u.FEATURE_RECONSTRUCTION:
+            extra_terms.append(FeatureReconstruction())
+            extra_weights["loss_feature"] = u.RECONSTRUCTION_WEIGHT
+        ret.update(
+            num_classes=1,
+            query_generator=PatchQueries(
+                cfg.MODEL.DETR.NUM_OBJECT_QUERIES,
+                cfg.MODEL.DETR.HIDDEN_DIM,
+                ret["backbone"].num_channels[-1],
+                query_dropout=u.QUERY_DROPOUT,
+            ),
+            criterion=build_detr_criterion(cfg, num_classes=1, extra_terms=extra_terms, extra_weights=extra_weights),
+            freeze_backbone=u.FREEZE_BACKBONE,
+            feature_reconstruction=u.FEATURE_RECONSTRUCTION,
+        )
+        num_patches, num_queries = u.NUM_PATCHES, cfg.MODEL.DETR.NUM_OBJECT_QUERIES
+        if num_patches > num_queries:
+            raise ValueError(
+                f"MODEL.UPDETR.NUM_PATCHES={num_patches} is more than MODEL.DETR.NUM_OBJECT_QUERIES="
+                f"{num_queries}: every patch needs at least one query"
+            )
+        return ret
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # no BatchNorm statistics update either
+        return self
+
+    def patch_features(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """Backbone features of every input's patches, global-average-pooled: ``[B, M, C]``."""
+        if any("patches" not in x for x in batched_inputs):
+            raise ValueError(
+                "UPDETR needs 'patches' in every input: use INPUT.DATASET_MAPPER "
+                "'QueryPatchDatasetMapper' (or give query crops for one-shot detection)"
+            )
+        counts = {x["patches"].shape[0] for x in batched_inputs}
+        if len(counts) != 1:
+            raise ValueError(f"every image of a batch needs the same number of patches, got {sorted(counts)}")
+        patches = torch.stack([x["patches"] for x in batched_inputs]).to(self.device)
+        batch, num_patches = patches.shape[:2]
+        patches = (patches.flatten(0, 1).float() - self.pixel_mean) / self.pixel_std
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            features = self.backbone.backbone(patches)[self.backbone.in_features[-1]]
+        return features.mean(dim=(2, 3)).view(batch, num_patches, -1)
+
+    def build_queries(self, batched_inputs: List[Dict], images: ImageList) -> QueryBundle:
+        features = self.patch_features(batched_inputs)
+        queries = self.query_generator(features)
+        queries.meta["patch_features"] = features
+        return queries
+
+    def predict(self, hs: torch.Tensor, queries: QueryBundle) -> Dict:
+        outputs = super().predict(hs, queries)
+        if self.feature_align is not None and self.training:
+            features = self.feature_align(hs)
+            outputs["pred_features"] = features[-1]
+            for aux, layer_features in zip(outputs.get("aux_outputs", []), features[:-1]):
+                aux["pred_features"] = layer_features
+        outputs["patch_features"] = queries.meta["patch_features"]
+        outputs["query_groups"] = queries.meta["query_groups"]
+        return outputs
+
+    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
+        targets = self.prepare_targets(batched_inputs, images)
+        for target, features in zip(targets, outputs["patch_features"]):
+            if len(target["boxes"]) != len(features):
+                raise ValueError(
+                    f"an input has {len(target['boxes'])} patch boxes but {len(features)} patches; "
+                    "box i must be where patch i was cut"
+                )
+            target["features"] = features
+        return self.criterion(outputs, targets)
+
+    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        scores = outputs["pred_logits"].softmax(-1)[..., 0]
+        results = []
+        for i, (h, w) in enumerate(images.image_sizes):
+            result = Instances((h, w))
+            boxes = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
+            result.pred_boxes = Boxes(boxes * torch.tensor([w, h, w, h], device=boxes.device))
+            result.pred_boxes.clip((h, w))
+            result.scores = scores[i]
+            result.pred_classes = outputs["query_groups"]
+            results.append({"instances": self._to_input_size(result, batched_inputs[i])})
+        return results
