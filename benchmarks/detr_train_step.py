@@ -93,6 +93,11 @@ def ours(images, targets):
 
 def reference(path, images, targets):
     """The original DETR (models.build_model from a checkout of its repository)."""
+    import torchvision
+
+    # Random weights like ours: the original asks torchvision for ImageNet weights (a download).
+    resnet50 = torchvision.models.resnet50
+    torchvision.models.resnet50 = lambda *a, pretrained=False, **k: resnet50(*a, weights=None, **k)
     sys.path.insert(0, path)
     from main import get_args_parser  # noqa: E402  (the original code's own argument defaults)
     from models import build_model  # noqa: E402

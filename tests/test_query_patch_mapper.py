@@ -100,8 +100,9 @@ def test_output_format_and_boxes_inside(tmp_path):
     m = mapper(num_patches=7, min_side=8)
     np.random.seed(0)
     shapes = set()
+    labelled = dict(record(path, array), annotations=[{"bbox": [0, 0, 5, 5], "bbox_mode": 0, "category_id": 3}])
     for _ in range(60):
-        out = m(record(path, array))
+        out = m(labelled)  # labels are ignored
         assert set(out) == {"file_name", "image_id", "height", "width", "image", "instances", "patches"}
         assert (out["file_name"], out["image_id"], out["height"], out["width"]) == (path, 1, 61, 93)
         image, inst = out["image"], out["instances"]
@@ -465,3 +466,43 @@ def test_augmentation_matches_reference_on_flat_patches(order):
         else:
             assert error <= 0.51, (i, colour, out[i], expected)
     assert np.mean(errors) < 3, np.mean(errors)
+
+
+def _reference_patch(patch, b, c, s, hue):
+    """The documented jitter on a textured float patch: contrast blends with the patch's
+    mean gray, saturation with each pixel's gray."""
+    luma = np.array([0.299, 0.587, 0.114])
+    x = np.clip(np.rint(patch.astype(np.float64) * b), 0, 255)
+    x = np.clip(np.rint(c * x + (1 - c) * (x @ luma).mean()), 0, 255)
+    x = np.clip(np.rint(s * x + (1 - s) * (x @ luma)[..., None]), 0, 255)
+    out = np.empty_like(x)
+    for idx in np.ndindex(x.shape[:2]):
+        h, sat, v = colorsys.rgb_to_hsv(*(x[idx] / 255))
+        out[idx] = np.array(colorsys.hsv_to_rgb((h + hue) % 1.0, sat, v)) * 255
+    return out
+
+
+def test_augmentation_matches_reference_on_textured_patches():
+    rng = np.random.default_rng(5)
+    patches = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    out, prm = augment_patches(patches.copy(), rng, return_params=True)
+    errors = []
+    checked = 0
+    for i in np.flatnonzero(~prm["blur"]):
+        expected = patches[i].astype(np.float64)
+        if prm["jitter"][i]:
+            expected = _reference_patch(patches[i], prm["brightness"][i], prm["contrast"][i],
+                                        prm["saturation"][i], prm["hue"][i])
+        if prm["grayscale"][i]:
+            expected = np.repeat(expected @ np.array([0.299, 0.587, 0.114]), 3).reshape(8, 8, 3)
+        error = np.abs(out[i] - expected)
+        assert error.max() <= (13 if prm["jitter"][i] else 0.51), i
+        errors.append(error.mean())
+        checked += 1
+    assert checked > 20 and np.mean(errors) < 2, np.mean(errors)
+    # Blurred patches are smoother than their unblurred versions.
+    def roughness(p):
+        return np.abs(np.diff(p.astype(int), axis=1)).mean()
+
+    for i in np.flatnonzero(prm["blur"] & (prm["sigma"] > 0.8)):
+        assert roughness(out[i]) < roughness(patches[i])

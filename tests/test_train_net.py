@@ -102,3 +102,23 @@ def test_detectron2_builtin_model_runs_alongside(tmp_path):
         assert "OPTIMIZER: SGD" in f.read()
     assert max(iterations_logged(out)) == 19
     coco_bbox_metrics(output)
+
+
+def test_updetr_pretrain_then_detr_finetune(tmp_path):
+    """The demo's flow: UP-DETR pretraining on unlabeled images (lazy config), then a DETR
+    (yaml config) initialised from it, trained and evaluated."""
+    pre = str(tmp_path / "pretrain")
+    pretrain = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.py")
+    output = train_net("--config-file", pretrain, f"train.output_dir={pre}", "train.max_iter=6",
+                       "dataloader.train.mapper.min_sizes=[128]", "dataloader.train.mapper.max_size=192",
+                       "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=1")
+    assert "Starting training from iteration 0" in output and "loss_feature" in output
+    assert "model_final.pth" in checkpoints(pre)
+
+    out = str(tmp_path / "finetune")
+    output = train_net("--config-file", os.path.join(CONFIGS, "detr_R18_demo.yaml"), *DETR_YAML_FAST,
+                       "SOLVER.MAX_ITER", "4", "MODEL.WEIGHTS", os.path.join(pre, "model_final.pth"),
+                       "OUTPUT_DIR", out)
+    assert "Initialising Detr from an UP-DETR pretraining checkpoint" in output
+    assert "query_generator.patch2query.weight" in output
+    coco_bbox_metrics(output)

@@ -199,3 +199,34 @@ def test_finetuning_starts_from_the_pretrained_transformer(tmp_path, caplog):
     assert torch.equal(detr.heads.class_embed.weight, class_head)  # re-initialised, not loaded
     text = caplog.text
     assert "UP-DETR pretraining checkpoint" in text and "patch2query" in text and "feature_align" in text
+
+
+def test_demo_pretraining_configs_build_the_same_model():
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(PRETRAIN)
+    lazy = LazyConfig.load(PRETRAIN.replace(".yaml", ".py"))
+    from_yaml, from_lazy = build_model(cfg), instantiate(lazy.model)
+    assert isinstance(from_lazy, UPDETR)
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(from_yaml) == shapes(from_lazy)
+    assert from_lazy.criterion.weight_dict == from_yaml.criterion.weight_dict
+    assert lazy.dataloader.train.mapper.num_patches == cfg.MODEL.UPDETR.NUM_PATCHES
+
+
+def test_r50_pretraining_configs_agree():
+    """The paper-size configs (not built: a ResNet-50 is slow to construct) load and agree."""
+    from detectron2.config import LazyConfig
+
+    yaml_path = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_r50_pretrain.yaml")
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(yaml_path)
+    lazy = LazyConfig.load(yaml_path.replace(".yaml", ".py"))
+    assert lazy.model._target_ is UPDETR and cfg.MODEL.META_ARCHITECTURE == "UPDETR"
+    assert lazy.model.query_generator.num_queries == cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100
+    assert lazy.dataloader.train.mapper.num_patches == cfg.MODEL.UPDETR.NUM_PATCHES == 10
+    assert lazy.model.transformer.normalize_before and cfg.MODEL.DETR.PRE_NORM
+    assert lazy.model.freeze_backbone and cfg.MODEL.UPDETR.FREEZE_BACKBONE

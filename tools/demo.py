@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""The project's main job, end to end on the generated demo data (`make demo`).
+"""The project's main job, end to end on the generated demo data (`make demo`):
+UP-DETR pretraining on unlabeled images, DETR fine-tuning on labelled ones, COCO
+evaluation.
 
 Each stage is one `tools/train_net.py` run; the final evaluation's COCO metrics
 are printed at the end. Extra arguments are passed to every stage as config
@@ -17,12 +19,19 @@ from updetr_d2.engine import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "output", "demo")
 
+PRETRAIN_DIR = os.path.join(OUTPUT, "updetr_pretrain")
+
 # (what it does, config file, overrides)
 STAGES = [
     (
-        "train + evaluate a small DETR (ResNet-18, 2+2 transformer layers) on the demo data",
+        "UP-DETR pretraining on the demo's unlabeled images (random query patch detection)",
+        "projects/UPDETR/configs/updetr_R18_demo_pretrain.yaml",
+        ["OUTPUT_DIR", PRETRAIN_DIR],
+    ),
+    (
+        "fine-tune the pretrained DETR on the labelled demo images, then evaluate",
         "configs/demo/detr_R18_demo.yaml",
-        ["OUTPUT_DIR", os.path.join(OUTPUT, "detr")],
+        ["MODEL.WEIGHTS", os.path.join(PRETRAIN_DIR, "model_final.pth"), "OUTPUT_DIR", os.path.join(OUTPUT, "detr")],
     ),
 ]
 

@@ -62,6 +62,7 @@ BLUR_SIGMA = (0.1, 2.0)
 # ITU-R 601-2 luma, as PIL's "L" conversion and cv2's RGB2GRAY.
 _LUMA_RGB = np.array([0.299, 0.587, 0.114])
 _IDENTITY_LUT = np.arange(256, dtype=np.float64)
+_IDENTITY_U8 = np.arange(256, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -162,6 +163,17 @@ def _lut(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+_EYE3 = np.eye(3)
+
+
+def _hue_lut(turns: float) -> np.ndarray:
+    """A 3-channel LUT adding ``turns`` of a full turn to H (8-bit, wrapping), keeping S, V."""
+    lut = np.empty((256, 1, 3), np.uint8)
+    lut[:, 0, :] = _IDENTITY_U8[:, None]
+    lut[:, 0, 0] += np.uint8(int(round(turns * 256)) % 256)
+    return lut
+
+
 def augment_patches(
     patches: np.ndarray,
     rng: np.random.Generator,
@@ -201,36 +213,29 @@ def augment_patches(
 
     rgb = channel_order == "RGB"
     luma = _LUMA_RGB if rgb else _LUMA_RGB[::-1]
-    jit = np.flatnonzero(jitter)
-    if len(jit):
-        for i in jit:
-            p = patches[i]
-            p = cv2.LUT(p, _lut(_IDENTITY_LUT * brightness[i]))
-            mean = float(np.dot(luma, cv2.mean(p)[:3]))
-            p = cv2.LUT(p, _lut(contrast[i] * _IDENTITY_LUT + (1 - contrast[i]) * mean))
-            s = saturation[i]
-            matrix = (1 - s) * np.tile(luma, (3, 1)) + s * np.eye(3)
-            patches[i] = cv2.transform(p, matrix)
-        # Hue of all jittered patches in one conversion: the H channel of 8-bit "full"
-        # HSV covers a turn in 256 steps; the shift wraps around (uint8 arithmetic).
-        k, size = len(jit), patches.shape[1]
-        stack = patches[jit].reshape(k * size, size, 3)
-        hsv = cv2.cvtColor(stack, cv2.COLOR_RGB2HSV_FULL if rgb else cv2.COLOR_BGR2HSV_FULL)
-        shift = (np.rint(hue[jit] * 256).astype(np.int64) % 256).astype(np.uint8)
-        hsv_h = hsv.reshape(k, size, size, 3)[..., 0]
-        hsv_h += shift[:, None, None]
-        back = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL if rgb else cv2.COLOR_HSV2BGR_FULL)
-        patches[jit] = back.reshape(k, size, size, 3)
-    gry = np.flatnonzero(gray)
-    if len(gry):
-        k, size = len(gry), patches.shape[1]
-        stack = patches[gry].reshape(k * size, size, 3)
-        g = cv2.cvtColor(stack, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)
-        patches[gry] = g.reshape(k, size, size, 1)
+    luma_rows = np.tile(luma, (3, 1))  # row c: output channel c = luma . pixel
+    to_hsv, from_hsv = ((cv2.COLOR_RGB2HSV_FULL, cv2.COLOR_HSV2RGB_FULL) if rgb
+                        else (cv2.COLOR_BGR2HSV_FULL, cv2.COLOR_HSV2BGR_FULL))
+    # One patch at a time: cheaper than batching here (no gather/scatter copies), each
+    # OpenCV call writes into the patch or a temporary.
+    for i in np.flatnonzero(jitter):
+        p = patches[i]
+        cv2.LUT(p, _lut(_IDENTITY_LUT * brightness[i]), dst=p)
+        mean = float(np.dot(luma, cv2.mean(p)[:3]))
+        cv2.LUT(p, _lut(contrast[i] * _IDENTITY_LUT + (1 - contrast[i]) * mean), dst=p)
+        s = saturation[i]
+        cv2.transform(p, (1 - s) * luma_rows + s * _EYE3, dst=p)
+        # Hue: H of 8-bit "full" HSV covers a turn in 256 steps; the shift wraps around.
+        hsv = cv2.cvtColor(p, to_hsv)
+        cv2.LUT(hsv, _hue_lut(hue[i]), dst=hsv)
+        cv2.cvtColor(hsv, from_hsv, dst=p)
+    for i in np.flatnonzero(gray):
+        p = patches[i]
+        p[...] = cv2.cvtColor(p, cv2.COLOR_RGB2GRAY if rgb else cv2.COLOR_BGR2GRAY)[..., None]
     for i in np.flatnonzero(blur):
         ksize = 2 * int(math.ceil(3 * sigma[i])) + 1
-        patches[i] = cv2.GaussianBlur(patches[i], (ksize, ksize), sigmaX=float(sigma[i]),
-                                      sigmaY=float(sigma[i]), borderType=cv2.BORDER_REFLECT_101)
+        cv2.GaussianBlur(patches[i], (ksize, ksize), sigmaX=float(sigma[i]), sigmaY=float(sigma[i]),
+                         dst=patches[i], borderType=cv2.BORDER_REFLECT_101)
     if return_params:
         params = dict(jitter=jitter, brightness=brightness, contrast=contrast, saturation=saturation,
                       hue=hue, grayscale=gray, blur=blur, sigma=sigma)

@@ -118,11 +118,15 @@ class UPDETR(Detr):
 
     def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
         targets = self.prepare_targets(batched_inputs, images)
+        if self.feature_align is None:
+            # Without reconstruction the boxes need not be the patches themselves (one-shot
+            # detection: one query crop, every object of its class as a target).
+            return self.criterion(outputs, targets)
         for target, features in zip(targets, outputs["patch_features"]):
             if len(target["boxes"]) != len(features):
                 raise ValueError(
                     f"an input has {len(target['boxes'])} patch boxes but {len(features)} patches; "
-                    "box i must be where patch i was cut"
+                    "for feature reconstruction box i must be where patch i was cut"
                 )
             target["features"] = features
         return self.criterion(outputs, targets)
