@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import updetr_d2  # noqa: F401
-from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.modeling import build_model
@@ -160,10 +159,6 @@ def one_shot_cfg(**overrides):
     cfg = get_cfg()
     add_updetr_config(cfg)
     cfg.merge_from_file(PRETRAIN)
-    if "ONE_SHOT" not in cfg.INPUT:  # until the defaults have them
-        cfg.INPUT.ONE_SHOT = CN()
-        cfg.INPUT.ONE_SHOT.SEEN_CLASSES = ()
-        cfg.INPUT.ONE_SHOT.AUGMENT = False
     d = cfg.MODEL.DETR
     d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS = 32, 2, 64, 1, 2
     d.NUM_OBJECT_QUERIES = 8

@@ -23,7 +23,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from updetr_d2 import add_updetr_config
-from updetr_d2.methods.updetr.one_shot import add_one_shot_config, evaluate_one_shot, format_one_shot_results
+from updetr_d2.methods.updetr.one_shot import evaluate_one_shot, format_one_shot_results
 
 
 def setup(args):
@@ -31,7 +31,6 @@ def setup(args):
         raise SystemExit("--config-file must be a yaml config")
     cfg = get_cfg()
     add_updetr_config(cfg)
-    add_one_shot_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()

@@ -60,6 +60,11 @@ def add_updetr_pretraining_config(cfg):
     p.ASPECT_RANGE = ()  # () = sides drawn independently, as the paper
     p.AUGMENT = True  # colour jitter, grayscale, blur on the patches
     p.SEED = -1  # >= 0: the same patches for a given image every time
+
+    # One-shot detection (UP-DETR's query-crop detection; OneShotDatasetMapper).
+    cfg.INPUT.ONE_SHOT = CN()
+    cfg.INPUT.ONE_SHOT.SEEN_CLASSES = ()  # class names trained on; empty: all classes
+    cfg.INPUT.ONE_SHOT.AUGMENT = False  # the pretraining patch augmentation on query crops
     return cfg
 
 

@@ -8,6 +8,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from detectron2.data import DatasetCatalog
 
@@ -57,6 +59,9 @@ def setup(args):
         register_image_folders(cfg.DATASETS.TRAIN)
         cfg.freeze()
     default_setup(cfg, args)
+    # Detectron2 sets up its own loggers only; the project's messages go to the same places.
+    output_dir = cfg.train.output_dir if is_lazy_config(args.config_file) else cfg.OUTPUT_DIR
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="updetr_d2")
     return cfg
 
 

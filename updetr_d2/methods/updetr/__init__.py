@@ -2,8 +2,8 @@
 patch detection. The data side is ``updetr_d2.data.mappers.QueryPatchDatasetMapper``."""
 from .losses import FeatureReconstruction
 from .meta_arch import UPDETR
-from .one_shot import OneShotDatasetMapper, add_one_shot_config, evaluate_one_shot
+from .one_shot import OneShotDatasetMapper, evaluate_one_shot
 from .queries import PatchQueries
 
 __all__ = ["FeatureReconstruction", "PatchQueries", "UPDETR",
-           "OneShotDatasetMapper", "add_one_shot_config", "evaluate_one_shot"]
+           "OneShotDatasetMapper", "evaluate_one_shot"]

@@ -12,7 +12,7 @@ all object queries, no group mask) and ``MODEL.UPDETR.FEATURE_RECONSTRUCTION Fal
 * :func:`evaluate_one_shot` runs the protocol on a labelled dataset: every (image, class
   present) pair gets one seeded query crop from another image; AP50 per class with
   pycocotools, restricted to the queried pairs, averaged over seen and unseen classes.
-* :func:`add_one_shot_config` adds the yaml keys (``INPUT.ONE_SHOT.*``) when missing.
+* yaml keys: ``INPUT.ONE_SHOT.*`` (``updetr_d2.config.add_updetr_pretraining_config``).
 """
 import contextlib
 import io
@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
@@ -34,22 +33,9 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from ...data.mappers import MAPPER_REGISTRY
 from ...data.mappers.query_patch import augment_patches, crop_and_resize_patches
 
-__all__ = ["OneShotDatasetMapper", "add_one_shot_config", "evaluate_one_shot"]
+__all__ = ["OneShotDatasetMapper", "evaluate_one_shot"]
 
 logger = logging.getLogger(__name__)
-
-
-def add_one_shot_config(cfg):
-    """Adds ``INPUT.ONE_SHOT.SEEN_CLASSES`` (class names; empty: all classes are seen) and
-    ``INPUT.ONE_SHOT.AUGMENT`` (the pretraining patch augmentation on query crops; off)
-    where the config lacks them. Idempotent; returns ``cfg``."""
-    if "ONE_SHOT" not in cfg.INPUT:
-        cfg.INPUT.ONE_SHOT = CN()
-    if "SEEN_CLASSES" not in cfg.INPUT.ONE_SHOT:
-        cfg.INPUT.ONE_SHOT.SEEN_CLASSES = ()
-    if "AUGMENT" not in cfg.INPUT.ONE_SHOT:
-        cfg.INPUT.ONE_SHOT.AUGMENT = False
-    return cfg
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -232,11 +218,11 @@ class OneShotDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
-        one_shot = cfg.INPUT.get("ONE_SHOT", None) or {}  # keys of add_one_shot_config
+        one_shot = cfg.INPUT.ONE_SHOT
         if is_train:
             names, min_sizes, max_size = cfg.DATASETS.TRAIN, cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
             sample_style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
-            classes = list(one_shot.get("SEEN_CLASSES", ())) or None
+            classes = list(one_shot.SEEN_CLASSES) or None
         else:
             names, min_sizes, max_size = cfg.DATASETS.TEST, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
             sample_style, classes = "choice", None
@@ -246,7 +232,7 @@ class OneShotDatasetMapper:
             "dataset_names": list(names),
             "classes": classes,
             "patch_size": qp.SIZE,
-            "patch_augment": bool(one_shot.get("AUGMENT", False)),
+            "patch_augment": one_shot.AUGMENT,
             "augmentations": [T.ResizeShortestEdge(min_sizes, max_size, sample_style)],
             "image_format": cfg.INPUT.FORMAT,
             "seed": None if qp.SEED == -1 else qp.SEED,

@@ -1,0 +1,109 @@
+"""tools/visualize_query_patches.py on demo unlabeled images with a tiny random UP-DETR."""
+import importlib.util
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import updetr_d2  # noqa: F401
+from detectron2.data import DatasetCatalog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.yaml")
+TINY = ["MODEL.DETR.HIDDEN_DIM", "32", "MODEL.DETR.NHEADS", "2", "MODEL.DETR.DIM_FEEDFORWARD", "64",
+        "MODEL.DETR.ENC_LAYERS", "1", "MODEL.DETR.DEC_LAYERS", "1", "MODEL.DEVICE", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    path = os.path.join(ROOT, "tools", "visualize_query_patches.py")
+    spec = importlib.util.spec_from_file_location("visualize_query_patches", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [r["file_name"] for r in DatasetCatalog.get("updetr_demo_unlabeled")[:2]]
+
+
+def outline_changed(vis, original, box, offset):
+    """Fraction of the box outline's positions where the drawing changed a pixel (within
+    1 px of the edge, to allow for antialiasing)."""
+    h, w = original.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    changed = (np.abs(vis[offset:].astype(int) - original.astype(int)).max(-1) > 40)
+    hits = []
+    for y in (y0, y1):
+        rows = changed[max(0, y - 1):min(h, y + 2), max(0, x0):min(w, x1)]
+        hits.extend(rows.any(0).tolist())
+    for x in (x0, x1):
+        cols = changed[max(0, y0):min(h, y1), max(0, x - 1):min(w, x + 2)]
+        hits.extend(cols.any(1).tolist())
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def run(tool, images, out, *extra):
+    argv = ["--config-file", PRETRAIN, "--input", *images, "--output", str(out), "--num-patches", "3",
+            "--seed", "0", *extra, *TINY]
+    return tool.main(argv)
+
+
+def test_writes_pngs_with_patch_boxes_and_best_queries(tool, images, tmp_path):
+    results = run(tool, images, tmp_path / "vis")
+    assert [r["file_name"] for r in results] == images
+    for r in results:
+        assert os.path.isfile(r["output"]) and r["output"].endswith(".png")
+        vis = cv2.imread(r["output"], cv2.IMREAD_COLOR)[..., ::-1]
+        original = cv2.imread(r["file_name"], cv2.IMREAD_COLOR)[..., ::-1]
+        h, w = original.shape[:2]
+        layout = tool.thumbnail_layout(w, 3, 64)  # INPUT.QUERY_PATCH.SIZE of the config
+        assert r["offset"] == layout["height"] > 0
+        assert vis.shape == (h + layout["height"], w, 3)  # the documented size
+        assert len(r["patch_boxes"]) == 3 and len(r["best"]) == 3
+        for box in r["patch_boxes"]:  # original-image pixels
+            assert 0 <= box[0] < box[2] <= w + 1e-3 and 0 <= box[1] < box[3] <= h + 1e-3
+        assert all(b is not None and 0.0 <= b[1] <= 1.0 for b in r["best"])
+        # every patch box outline is drawn
+        for box in r["patch_boxes"]:
+            assert outline_changed(vis, original, box, r["offset"]) > 0.3
+        # the strip holds the thumbnails: not blank
+        assert vis[: r["offset"]].std() > 10
+
+
+def test_patch_boxes_are_where_the_patches_come_from(tool, images, tmp_path):
+    """Scaled back to the original image, the mapper's boxes cut out the patch content."""
+    from detectron2.config import get_cfg
+    from updetr_d2 import add_updetr_config
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(PRETRAIN)
+    mapper = tool.build_mapper(cfg, 3, seed=0)
+    assert not mapper.patch_augment and mapper.seed == 0
+    data = mapper({"file_name": images[0], "image_id": 0})
+    results = run(tool, images[:1], tmp_path / "vis")
+    original = cv2.imread(images[0], cv2.IMREAD_COLOR)[..., ::-1]
+    for box, patch in zip(results[0]["patch_boxes"], data["patches"].permute(0, 2, 3, 1).numpy()):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        crop = cv2.resize(np.ascontiguousarray(original[y0:y1, x0:x1]), patch.shape[:2][::-1],
+                          interpolation=cv2.INTER_LINEAR)
+        assert np.abs(crop.astype(int) - patch.astype(int)).mean() < 2
+
+
+def test_folder_input_and_no_thumbnails(tool, images, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, f in enumerate(images):
+        shutil.copy(f, folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    results = run(tool, [str(folder)], tmp_path / "vis", "--no-thumbnails")
+    assert [os.path.basename(r["output"]) for r in results] == ["img0.png", "img1.png"]
+    for r in results:
+        vis = cv2.imread(r["output"])
+        assert r["offset"] == 0 and vis.shape == cv2.imread(r["file_name"]).shape
+    with pytest.raises(FileNotFoundError):
+        tool.list_inputs([str(tmp_path / "missing")])
