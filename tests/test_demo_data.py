@@ -11,7 +11,6 @@ import updetr_d2  # noqa: F401  (compat fixes before any Detectron2 module)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from updetr_d2.data.datasets import demo

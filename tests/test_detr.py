@@ -2,7 +2,6 @@
 model that overfits demo images, and checkpoint round trips."""
 import copy
 import os
-import tempfile
 
 import pytest
 import torch

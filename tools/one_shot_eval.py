@@ -18,21 +18,17 @@ import sys
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
-from updetr_d2 import add_updetr_config
+from updetr_d2.config import load_yaml_config
 from updetr_d2.methods.updetr.one_shot import evaluate_one_shot, format_one_shot_results
 
 
 def setup(args):
     if not args.config_file or args.config_file.endswith(".py"):
         raise SystemExit("--config-file must be a yaml config")
-    cfg = get_cfg()
-    add_updetr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_yaml_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

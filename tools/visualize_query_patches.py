@@ -29,12 +29,11 @@ import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
-from updetr_d2 import add_updetr_config
+from updetr_d2.config import load_yaml_config
 from updetr_d2.data.mappers import QueryPatchDatasetMapper
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -57,10 +56,7 @@ def parse_args(argv=None):
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_updetr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_yaml_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

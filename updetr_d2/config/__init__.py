@@ -1,3 +1,15 @@
-from .defaults import add_detr_config, add_updetr_config, add_updetr_pretraining_config, default_device
+from .defaults import (
+    add_detr_config,
+    add_updetr_config,
+    add_updetr_pretraining_config,
+    default_device,
+    load_yaml_config,
+)
 
-__all__ = ["add_detr_config", "add_updetr_config", "add_updetr_pretraining_config", "default_device"]
+__all__ = [
+    "add_detr_config",
+    "add_updetr_config",
+    "add_updetr_pretraining_config",
+    "default_device",
+    "load_yaml_config",
+]

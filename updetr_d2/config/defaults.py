@@ -86,3 +86,15 @@ def add_updetr_config(cfg):
     cfg.INPUT.DETR_CROP.PRE_RESIZE = (400, 500, 600)
     cfg.INPUT.DETR_CROP.PROB = 0.5
     return cfg
+
+
+def load_yaml_config(config_file: str, opts=()):
+    """Detectron2's defaults + the project's keys, then ``config_file`` and ``opts``
+    (KEY VALUE pairs) merged in; not frozen."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

@@ -5,7 +5,7 @@ import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, get_cfg
+from detectron2.config import LazyConfig
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from detectron2.data import DatasetCatalog
 
-from ..config import add_updetr_config
+from ..config import load_yaml_config
 from ..data import register_unlabeled_folder
 from . import lazy
 from .trainer import Trainer
@@ -51,10 +51,7 @@ def setup(args):
         cfg.train.device = _device_or_cpu(cfg.train.get("device", "cpu"))
         register_image_folders(cfg.dataloader.train.dataset.get("names", ()))
     else:
-        cfg = get_cfg()
-        add_updetr_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
+        cfg = load_yaml_config(args.config_file, args.opts)
         cfg.MODEL.DEVICE = _device_or_cpu(cfg.MODEL.DEVICE)
         register_image_folders(cfg.DATASETS.TRAIN)
         cfg.freeze()

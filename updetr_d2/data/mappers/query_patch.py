@@ -244,8 +244,13 @@ def augment_patches(
 
 
 # ----------------------------------------------------------------------------- mapper
+def file_key(file_name) -> int:
+    """A stable integer for a file name (seeds per-record generators)."""
+    return zlib.crc32(str(file_name).encode("utf-8", "surrogateescape"))
+
+
 @contextlib.contextmanager
-def _numpy_global_seed(seed: Optional[int]):
+def numpy_global_seed(seed: Optional[int]):
     """Seeds numpy's global RNG for the block and restores its state afterwards
     (Detectron2's augmentations draw from it). ``None``: leaves it alone."""
     if seed is None:
@@ -399,7 +404,7 @@ class QueryPatchDatasetMapper:
         global RNG."""
         if self.seed is None:
             return np.random.default_rng(np.random.randint(0, 2**32, size=4, dtype=np.int64))
-        key = zlib.crc32(str(dataset_dict["file_name"]).encode("utf-8", "surrogateescape"))
+        key = file_key(dataset_dict["file_name"])
         return np.random.default_rng([self.seed, key])
 
     def read_image(self, dataset_dict: Dict) -> np.ndarray:
@@ -426,7 +431,7 @@ class QueryPatchDatasetMapper:
     def resize(self, image: np.ndarray, boxes: np.ndarray, resize_seed: Optional[int]):
         """Applies the image augmentations; returns the image and the boxes moved with it."""
         aug_input = T.AugInput(image)
-        with _numpy_global_seed(resize_seed):
+        with numpy_global_seed(resize_seed):
             transforms = self.augmentations(aug_input)
         out = aug_input.image
         new_boxes = transforms.apply_box(boxes)

@@ -19,7 +19,6 @@ import io
 import logging
 import math
 import numbers
-import zlib
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -31,7 +30,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from ...data.mappers import MAPPER_REGISTRY
-from ...data.mappers.query_patch import augment_patches, crop_and_resize_patches
+from ...data.mappers.query_patch import augment_patches, crop_and_resize_patches, file_key, numpy_global_seed
 
 __all__ = ["OneShotDatasetMapper", "evaluate_one_shot"]
 
@@ -39,23 +38,6 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _seeded_numpy(seed: Optional[int]):
-    """Seeds numpy's global RNG (Detectron2's augmentations draw from it) for the block
-    and restores its state afterwards; ``None`` leaves it alone."""
-    if seed is None:
-        yield
-        return
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def _file_key(file_name) -> int:
-    return zlib.crc32(str(file_name).encode("utf-8", "surrogateescape"))
 
 
 def _valid_annotations(record: Dict):
@@ -247,7 +229,7 @@ class OneShotDatasetMapper:
     def record_rng(self, dataset_dict: Dict) -> np.random.Generator:
         if self.seed is None:
             return np.random.default_rng(np.random.randint(0, 2**32, size=4, dtype=np.int64))
-        return np.random.default_rng([self.seed, _file_key(dataset_dict["file_name"])])
+        return np.random.default_rng([self.seed, file_key(dataset_dict["file_name"])])
 
     def read_image(self, file_name: str, dataset_dict: Optional[Dict] = None) -> np.ndarray:
         """HxWx3 uint8 in ``image_format``; checks/sets ``dataset_dict``'s height/width."""
@@ -297,7 +279,7 @@ class OneShotDatasetMapper:
     def resize(self, image: np.ndarray, resize_seed: Optional[int]):
         """The augmented (resized) image and the transforms applied."""
         aug_input = T.AugInput(image)
-        with _seeded_numpy(resize_seed):
+        with numpy_global_seed(resize_seed):
             transforms = self.augmentations(aug_input)
         return aug_input.image, transforms
 
@@ -450,7 +432,7 @@ def evaluate_one_shot(
                 image = mapper.read_image(record["file_name"], record)
                 resized, _ = mapper.resize(image, None)
                 image_tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-                key = _file_key(record["file_name"])
+                key = file_key(record["file_name"])
                 for c in classes:
                     query = mapper.sample_query(c, record["file_name"], np.random.default_rng([seed, key, c]))
                     if query is None:
