@@ -7,19 +7,16 @@ Each stage is one `tools/train_net.py` run; the final evaluation's COCO metrics
 are printed at the end. Extra arguments are passed to every stage as config
 overrides, e.g. `python tools/demo.py SOLVER.MAX_ITER 50`.
 """
+import json
 import os
+import subprocess
 import sys
 import time
 
-import updetr_d2  # noqa: F401
-from detectron2.engine import default_argument_parser
-from detectron2.evaluation import print_csv_format
-from updetr_d2.engine import main
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "output", "demo")
-
 PRETRAIN_DIR = os.path.join(OUTPUT, "updetr_pretrain")
+FINETUNE_DIR = os.path.join(OUTPUT, "detr")
 
 # (what it does, config file, overrides)
 STAGES = [
@@ -31,25 +28,35 @@ STAGES = [
     (
         "fine-tune the pretrained DETR on the labelled demo images, then evaluate",
         "configs/demo/detr_R18_demo.yaml",
-        ["MODEL.WEIGHTS", os.path.join(PRETRAIN_DIR, "model_final.pth"), "OUTPUT_DIR", os.path.join(OUTPUT, "detr")],
+        ["MODEL.WEIGHTS", os.path.join(PRETRAIN_DIR, "model_final.pth"), "OUTPUT_DIR", FINETUNE_DIR],
     ),
 ]
 
 
 def run_stage(config_file, overrides):
-    argv = ["--config-file", os.path.join(ROOT, config_file), *overrides, *sys.argv[1:]]
-    return main(default_argument_parser().parse_args(argv))
+    """One tools/train_net.py run, in its own process as a user would start it."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
+           os.path.join(ROOT, config_file), *overrides, *sys.argv[1:]]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def final_metrics(output_dir):
+    """The COCO metrics of the last evaluation, from the run's metrics.json."""
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    evaluated = [r for r in records if "bbox/AP" in r]
+    if not evaluated:
+        sys.exit(f"no evaluation results in {output_dir}/metrics.json")
+    return {k.split("/", 1)[1]: v for k, v in evaluated[-1].items() if k.startswith("bbox/")}
 
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    results = None
     for i, (what, config_file, overrides) in enumerate(STAGES, 1):
         print(f"\n=== demo stage {i}/{len(STAGES)}: {what} ({config_file})", flush=True)
-        results = run_stage(config_file, overrides)
-    print(f"\n=== demo finished in {time.perf_counter() - start:.0f} s; final COCO metrics:")
-    if not results:
-        sys.exit("no evaluation results: the last stage did not evaluate")
-    print_csv_format(results)
-    for task, metrics in results.items():
-        print(f"{task}: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "-" not in k))
+        run_stage(config_file, overrides)
+    metrics = final_metrics(FINETUNE_DIR)
+    print(f"\n=== demo finished in {time.perf_counter() - start:.0f} s")
+    print("COCO bbox metrics on updetr_demo_val (%):")
+    print("  " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "-" not in k))
+    print("  per class: " + "  ".join(f"{k[3:]}={v:.2f}" for k, v in metrics.items() if k.startswith("AP-")))
