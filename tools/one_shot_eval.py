@@ -17,7 +17,7 @@ import os
 import sys
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from detectron2.checkpoint import DetectionCheckpointer
+from updetr_d2.checkpoint import UpdetrCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -44,7 +44,7 @@ def main(argv=None):
         raise SystemExit("DATASETS.TEST is empty: name the labelled dataset to evaluate on")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        UpdetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     else:
         print("warning: MODEL.WEIGHTS is empty, evaluating a randomly initialised model", file=sys.stderr)
     seen = list(cfg.INPUT.ONE_SHOT.SEEN_CLASSES)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from detectron2.checkpoint import DetectionCheckpointer
+from updetr_d2.checkpoint import UpdetrCheckpointer
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
@@ -188,7 +188,7 @@ def main(argv=None) -> List[Dict]:
                          f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        UpdetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     else:
         print("warning: MODEL.WEIGHTS is empty, the model is randomly initialised", file=sys.stderr)
     model.eval()

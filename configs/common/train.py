@@ -4,6 +4,7 @@ from updetr_d2.config import default_device
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    allow_unsafe_checkpoints=False,  # True only for trusted files that pickle arbitrary objects
     max_iter=1000,
     amp=dict(enabled=False),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

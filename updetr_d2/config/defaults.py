@@ -3,6 +3,8 @@
 import torch
 from detectron2.config import CfgNode as CN
 
+from ..modeling.efficientnet import add_efficientnet_config
+
 
 def default_device() -> str:
     """The device a config runs on unless it says otherwise: the GPU when there is one."""
@@ -75,8 +77,12 @@ def add_updetr_config(cfg):
     """
     add_detr_config(cfg)
     add_updetr_pretraining_config(cfg)
+    add_efficientnet_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.
     cfg.MODEL.DEVICE = default_device()
+    # Load MODEL.WEIGHTS files that pickle arbitrary objects (e.g. official DETR / UP-DETR
+    # checkpoints); only for files you trust. Off: tensors and plain containers only.
+    cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
 
     # Which registered dataset mapper the data loaders use (updetr_d2.data.MAPPER_REGISTRY).
     cfg.INPUT.DATASET_MAPPER = "DatasetMapper"

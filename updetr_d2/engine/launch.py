@@ -4,7 +4,6 @@ import logging
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
@@ -13,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 from detectron2.data import DatasetCatalog
 
+from ..checkpoint import UpdetrCheckpointer
 from ..config import load_yaml_config
 from ..data import register_unlabeled_folder
 from . import lazy
@@ -71,7 +71,7 @@ def main(args):
         return lazy.do_train(cfg, resume=args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        UpdetrCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -3,12 +3,13 @@
 ``train`` (see ``configs/common/train.py``)."""
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+
+from ..checkpoint import UpdetrCheckpointer
 
 logger = logging.getLogger("detectron2")
 
@@ -47,7 +48,9 @@ def do_train(cfg, resume: bool):
         last_results.update(do_test(cfg, model))
         return last_results
 
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = UpdetrCheckpointer(
+        model, cfg.train.output_dir, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False), trainer=trainer
+    )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -73,5 +76,7 @@ def do_train(cfg, resume: bool):
 
 def do_eval_only(cfg):
     model = create_ddp_model(build_model(cfg))
-    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    UpdetrCheckpointer(model, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False)).load(
+        cfg.train.init_checkpoint
+    )
     return do_test(cfg, model)

@@ -2,6 +2,7 @@
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
+from ..checkpoint import UpdetrCheckpointer
 from ..data.mappers import build_dataset_mapper
 from ..solver import build_optimizer
 from .evaluation import build_evaluator
@@ -10,6 +11,13 @@ from .evaluation import build_evaluator
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the optimiser of ``SOLVER.OPTIMIZER``, data loaders using the
     mapper named by ``INPUT.DATASET_MAPPER`` and the evaluator the dataset's metadata asks for."""
+
+    def build_hooks(self):
+        # Before the hooks take it: a checkpointer that also reads users' ResNet weights
+        # (torchvision, SwAV, DINO, MoCo) and refuses unsafe pickles unless allowed.
+        old = self.checkpointer
+        self.checkpointer = UpdetrCheckpointer.from_config(self.cfg, old.model, old.save_dir, **old.checkpointables)
+        return super().build_hooks()
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -2,6 +2,7 @@
 one matcher and one set criterion) and the meta-architectures built from them.
 Importing this module registers the meta-architectures in Detectron2's META_ARCH_REGISTRY."""
 from .backbone import MaskedBackbone
+from .efficientnet import EfficientNetLiteBackbone, build_efficientnet_lite_backbone
 from .criterion import BoxL1GIoU, LabelCrossEntropy, LabelFocal, LossTerm, SetCriterion
 from .heads import MLP, DetrPredictionHeads
 from .matcher import HungarianMatcher
@@ -12,6 +13,7 @@ __all__ = [
     "BoxL1GIoU",
     "Detr",
     "DetrPredictionHeads",
+    "EfficientNetLiteBackbone",
     "HungarianMatcher",
     "LabelCrossEntropy",
     "LabelFocal",
@@ -21,4 +23,5 @@ __all__ = [
     "MaskedBackbone",
     "QueryBundle",
     "SetCriterion",
+    "build_efficientnet_lite_backbone",
 ]
