@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 CONFIGS = os.path.join(ROOT, "configs", "demo")
 # Small inputs keep each run to seconds on a CPU.
-YAML_FAST = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
+YAML_FAST = ["SEED", "0", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", "INPUT.MIN_SIZE_TEST", "128",
              "INPUT.MAX_SIZE_TEST", "192", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1"]
 DETR_YAML_FAST = YAML_FAST + ["INPUT.CROP.SIZE", "(64, 128)", "INPUT.DETR_CROP.PRE_RESIZE", "(128,)"]
 DETR_LAZY_FAST = ["dataloader.train.mapper.augmentations.min_sizes=[128]",
@@ -35,12 +35,15 @@ def train_net(*args):
     return output
 
 
-def coco_bbox_metrics(output):
-    """The AP row Detectron2 prints in csv form after a COCO evaluation."""
+def coco_bbox_metrics(output, allow_no_detections=False):
+    """The AP row Detectron2 prints in csv form after a COCO evaluation (NaN where the
+    model detected nothing, which DETR never does: every query is a detection)."""
     rows = re.findall(r"copypaste: Task: bbox\n.*copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)",
                       output)
     assert len(rows) == 1, output[-3000:]
     metrics = dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[0].split(","))))
+    if allow_no_detections and metrics["AP"] != metrics["AP"]:
+        return metrics
     assert 0.0 <= metrics["AP"] <= 100.0 and 0.0 <= metrics["AP50"] <= 100.0
     return metrics
 
@@ -101,7 +104,8 @@ def test_detectron2_builtin_model_runs_alongside(tmp_path):
     with open(os.path.join(out, "config.yaml")) as f:
         assert "OPTIMIZER: SGD" in f.read()
     assert max(iterations_logged(out)) == 19
-    coco_bbox_metrics(output)
+    # After 20 iterations from scratch Faster R-CNN may score no box above its threshold.
+    coco_bbox_metrics(output, allow_no_detections=True)
 
 
 def test_updetr_pretrain_then_detr_finetune(tmp_path):
