@@ -59,6 +59,7 @@ def ours(images, targets):
     cfg = get_cfg()
     add_updetr_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", "detr", "detr_r50.yaml"))
+    cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
     model = build_model(cfg).train()
@@ -141,6 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--boxes", type=int, default=7)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--reference-detr", default=None, help="path to a checkout of facebookresearch/detr")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
     args = parser.parse_args()
     images, targets = random_batch(args.batch, args.height, args.width, args.boxes)
     print(f"DETR-R50 training step, batch {args.batch} at {args.height}x{args.width}, "
