@@ -1,13 +1,11 @@
 """UP-DETR pretraining as a Detectron2 meta-architecture: DETR whose queries are
 conditioned on random patches of the image, trained to find those patches."""
-import logging
 from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import Boxes, ImageList, Instances
-from torchvision.ops import box_convert
+from detectron2.structures import ImageList
 
 from ...modeling.heads import MLP
 from ...modeling.meta_arch.detr import Detr, build_detr_criterion
@@ -15,7 +13,6 @@ from ...modeling.queries import QueryBundle
 from .losses import FeatureReconstruction
 from .queries import PatchQueries
 
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -133,13 +130,5 @@ class UPDETR(Detr):
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         scores = outputs["pred_logits"].softmax(-1)[..., 0]
-        results = []
-        for i, (h, w) in enumerate(images.image_sizes):
-            result = Instances((h, w))
-            boxes = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
-            result.pred_boxes = Boxes(boxes * torch.tensor([w, h, w, h], device=boxes.device))
-            result.pred_boxes.clip((h, w))
-            result.scores = scores[i]
-            result.pred_classes = outputs["query_groups"]
-            results.append({"instances": self._to_input_size(result, batched_inputs[i])})
-        return results
+        groups = outputs["query_groups"].expand_as(scores)
+        return self.detections(outputs["pred_boxes"], scores, groups, batched_inputs, images)

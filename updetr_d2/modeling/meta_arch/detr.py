@@ -182,16 +182,20 @@ class Detr(nn.Module):
     # --- inference ----------------------------------------------------------------
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """One detection per query: its most likely real class (no-object excluded)."""
-        probs = outputs["pred_logits"].softmax(-1)[..., :-1]
-        scores, labels = probs.max(-1)
+        scores, labels = outputs["pred_logits"].softmax(-1)[..., :-1].max(-1)
+        return self.detections(outputs["pred_boxes"], scores, labels, batched_inputs, images)
+
+    def detections(self, pred_boxes, scores, classes, batched_inputs, images: ImageList) -> List[Dict]:
+        """``Instances`` per image, one per query (``pred_boxes`` normalised cxcywh, ``scores``
+        and ``classes`` [B, Q]), in the size each input asks for."""
         results = []
         for i, (h, w) in enumerate(images.image_sizes):
             result = Instances((h, w))
-            boxes = box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
+            boxes = box_convert(pred_boxes[i], "cxcywh", "xyxy")
             result.pred_boxes = Boxes(boxes * torch.tensor([w, h, w, h], device=boxes.device))
             result.pred_boxes.clip((h, w))
             result.scores = scores[i]
-            result.pred_classes = labels[i]
+            result.pred_classes = classes[i]
             results.append({"instances": self._to_input_size(result, batched_inputs[i])})
         return results
 
