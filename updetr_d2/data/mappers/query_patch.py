@@ -446,18 +446,30 @@ class QueryPatchDatasetMapper:
         boxes, patches = self.make_patches(image, rng)
         image, boxes = self.resize(image, boxes, resize_seed)
 
-        image_size = image.shape[:2]
-        instances = Instances(image_size)
-        gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes), dtype=torch.float32))
-        gt_boxes.clip(image_size)  # only float rounding can reach past the border
-        instances.gt_boxes = gt_boxes
-        instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
-        return {
-            "file_name": dataset_dict["file_name"],
-            "image_id": dataset_dict.get("image_id"),
-            "height": dataset_dict["height"],
-            "width": dataset_dict["width"],
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "instances": instances,
-            "patches": torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2))),
-        }
+        return patch_detection_input(dataset_dict, image, boxes, patches_to_tensor(patches))
+
+
+def patches_to_tensor(patches: np.ndarray) -> torch.Tensor:
+    """``[M, S, S, 3]`` uint8 crops as the ``[M, 3, S, S]`` tensor models take."""
+    return torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)))
+
+
+def patch_detection_input(dataset_dict: Dict, image: np.ndarray, boxes, patches: torch.Tensor) -> Dict:
+    """The model input of a patch-detection sample (pretraining or one-shot): the resized
+    image, its query ``patches`` and the boxes to find (XYXY pixels of the resized image),
+    all of the single "patch" class."""
+    image_size = image.shape[:2]
+    instances = Instances(image_size)
+    gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    gt_boxes.clip(image_size)  # only float rounding can reach past the border
+    instances.gt_boxes = gt_boxes
+    instances.gt_classes = torch.zeros(len(gt_boxes), dtype=torch.int64)
+    return {
+        "file_name": dataset_dict["file_name"],
+        "image_id": dataset_dict.get("image_id"),
+        "height": dataset_dict["height"],
+        "width": dataset_dict["width"],
+        "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "instances": instances,
+        "patches": patches,
+    }

@@ -27,10 +27,17 @@ from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import BoxMode
 
 from ...data.mappers import MAPPER_REGISTRY
-from ...data.mappers.query_patch import augment_patches, crop_and_resize_patches, file_key, numpy_global_seed
+from ...data.mappers.query_patch import (
+    augment_patches,
+    crop_and_resize_patches,
+    file_key,
+    numpy_global_seed,
+    patch_detection_input,
+    patches_to_tensor,
+)
 
 __all__ = ["OneShotDatasetMapper", "evaluate_one_shot"]
 
@@ -273,7 +280,7 @@ class OneShotDatasetMapper:
         patch = crop_and_resize_patches(image, box, self.patch_size)
         if self.patch_augment:
             augment_patches(patch, rng, self.image_format)
-        patches = torch.from_numpy(np.ascontiguousarray(patch.transpose(0, 3, 1, 2)))
+        patches = patches_to_tensor(patch)
         return patches, (source, [float(v) for v in box[0]])
 
     def resize(self, image: np.ndarray, resize_seed: Optional[int]):
@@ -295,22 +302,8 @@ class OneShotDatasetMapper:
         image, transforms = self.resize(image, resize_seed)
         boxes = np.array([b for c, b in _valid_annotations(dataset_dict) if c == class_id]).reshape(-1, 4)
         boxes = transforms.apply_box(boxes) if len(boxes) else boxes
-        size = image.shape[:2]
-        instances = Instances(size)
-        instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
-        instances.gt_boxes.clip(size)
-        instances.gt_classes = torch.zeros(len(boxes), dtype=torch.int64)
-        return {
-            "file_name": dataset_dict["file_name"],
-            "image_id": dataset_dict.get("image_id"),
-            "height": dataset_dict["height"],
-            "width": dataset_dict["width"],
-            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "patches": patches,
-            "instances": instances,
-            "query_class": int(class_id),
-            "query_source": source,
-        }
+        return dict(patch_detection_input(dataset_dict, image, boxes, patches),
+                    query_class=int(class_id), query_source=source)
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         rng = self.record_rng(dataset_dict)
