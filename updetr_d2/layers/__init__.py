@@ -4,6 +4,7 @@ from .box_ops import (
     box_xyxy_to_cxcywh,
     elementwise_generalized_box_iou,
     generalized_box_iou,
+    inverse_sigmoid,
 )
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "elementwise_generalized_box_iou",
     "generalized_box_iou",
+    "inverse_sigmoid",
 ]

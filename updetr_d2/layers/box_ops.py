@@ -15,6 +15,7 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "generalized_box_iou",
     "elementwise_generalized_box_iou",
+    "inverse_sigmoid",
 ]
 
 
@@ -61,3 +62,10 @@ def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float =
     wh_c = (rb_c - lt_c).clamp(min=0)
     area_c = wh_c[..., 0] * wh_c[..., 1]
     return iou - (area_c - union) / (area_c + eps)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """logit(x) with x clamped to [0, 1] and both x and 1 - x to at least ``eps``
+    (boxes at the image border stay finite)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

@@ -1,10 +1,13 @@
 """Query generators: what a DETR decoder starts from.
 
-A generator returns a ``QueryBundle``: the positional queries (shared ``[Q, d]`` or
-per image ``[B, Q, d]``), optional content queries and an optional decoder
-self-attention mask (bool, True = blocked). DETR learns its queries
-(``LearnedQueries``); UP-DETR conditions them on image patches, DN-DETR and Co-DETR
-append denoising / positive groups with a mask that keeps groups apart.
+A generator returns a ``QueryBundle``: positional queries (shared ``[Q, d]`` or per
+image ``[B, Q, d]``), optional content queries, optional reference boxes and an
+optional decoder self-attention mask (bool, True = blocked). DETR learns its
+positional queries (``LearnedQueries``); anchor-query decoders (DAB-style
+Deformable DETR, DN-DETR) start from learned content and boxes (``AnchorQueries``)
+and derive the positional query from the box in every layer; UP-DETR conditions the
+queries on image patches; DN-DETR and Co-DETR append denoising / positive groups
+with a mask that keeps the groups apart.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -12,19 +15,36 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from ..layers.box_ops import inverse_sigmoid  # noqa: F401  (re-exported)
+
+__all__ = ["QueryBundle", "LearnedQueries", "AnchorQueries", "inverse_sigmoid"]
+
 
 @dataclass
 class QueryBundle:
-    query_pos: torch.Tensor
+    """What a decoder starts from; every field [Q, .] (shared) or [B, Q, .] (per image).
+
+    query_pos: positional queries [.., Q, d] (None when the decoder derives them from
+        ``reference_boxes``).
+    tgt: content queries [.., Q, d]; None = zeros (DETR).
+    reference_boxes: normalised cxcywh boxes in [0, 1], [.., Q, 4] (anchor queries).
+    self_attn_mask: bool [Q, Q] or [B * nhead, Q, Q], True = query i may not see j.
+    meta: what later phases need to know about the queries (UP-DETR's patch groups,
+        DN-DETR's denoising groups, ...).
+    """
+
+    query_pos: Optional[torch.Tensor] = None
     tgt: Optional[torch.Tensor] = None
     self_attn_mask: Optional[torch.Tensor] = None
-    # What later phases need to know about the queries (e.g. UP-DETR's patch features,
-    # the reconstruction targets).
-    meta: Dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: Dict[str, object] = field(default_factory=dict)
+    reference_boxes: Optional[torch.Tensor] = None
 
     @property
     def num_queries(self) -> int:
-        return self.query_pos.shape[-2]
+        for x in (self.query_pos, self.tgt, self.reference_boxes):
+            if x is not None:
+                return x.shape[-2]
+        raise ValueError("QueryBundle has neither query_pos, tgt nor reference_boxes")
 
 
 class LearnedQueries(nn.Module):
@@ -40,3 +60,39 @@ class LearnedQueries(nn.Module):
 
     def forward(self, batch_size: int, **context) -> QueryBundle:
         return QueryBundle(query_pos=self.query_embed.weight)
+
+
+class AnchorQueries(nn.Module):
+    """Anchor queries (DAB-DETR / DAB-Deformable-DETR, the base of DN-DETR): a learned
+    content vector and a learned box per query.
+
+    ``with_indicator``: the content is ``hidden_dim - 1`` learned numbers followed by a
+    constant 0, DN-DETR's indicator that tells matching queries (0) from denoising
+    queries (1); keep it on when the model may be trained with denoising, so the same
+    weights serve with DN on or off.
+
+    Boxes are stored as logits (``anchor_embed``) and returned as normalised cxcywh in
+    [0, 1]; they are initialised uniformly in logit space around the image centre,
+    so the initial anchors spread over the image.
+    """
+
+    def __init__(self, num_queries: int, hidden_dim: int, with_indicator: bool = True):
+        super().__init__()
+        self.with_indicator = with_indicator
+        self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1 if with_indicator else hidden_dim)
+        self.anchor_embed = nn.Embedding(num_queries, 4)
+        nn.init.uniform_(self.anchor_embed.weight, -2.0, 2.0)
+
+    @property
+    def num_queries(self) -> int:
+        return self.tgt_embed.num_embeddings
+
+    def content(self) -> torch.Tensor:
+        """Content queries [N, hidden_dim] (indicator 0 appended when used)."""
+        tgt = self.tgt_embed.weight
+        if self.with_indicator:
+            tgt = torch.cat([tgt, tgt.new_zeros(tgt.shape[0], 1)], dim=1)
+        return tgt
+
+    def forward(self, batch_size: int, **context) -> QueryBundle:
+        return QueryBundle(tgt=self.content(), reference_boxes=self.anchor_embed.weight.sigmoid())
