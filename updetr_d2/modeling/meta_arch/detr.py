@@ -11,10 +11,9 @@ from typing import Dict, List, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import ImageList
 from torch import nn
-from torchvision.ops import box_convert
 
 from ...layers.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from ...layers.transformer import Transformer
@@ -23,6 +22,7 @@ from ..criterion import BoxL1GIoU, LabelCrossEntropy, SetCriterion
 from ..heads import DetrPredictionHeads
 from ..matcher import HungarianMatcher
 from ..queries import LearnedQueries, QueryBundle
+from .base import SetPredictionDetector
 
 __all__ = ["Detr", "build_position_embedding", "build_transformer", "build_detr_criterion"]
 
@@ -67,7 +67,7 @@ def build_detr_criterion(cfg, num_classes: int = None, extra_terms=(), extra_wei
 
 
 @META_ARCH_REGISTRY.register()
-class Detr(nn.Module):
+class Detr(SetPredictionDetector):
     """DETR: a CNN backbone, a transformer encoder-decoder over its last feature map, and
     set prediction trained with Hungarian matching."""
 
@@ -87,18 +87,19 @@ class Detr(nn.Module):
         aux_loss: bool = True,
         size_divisibility: int = 32,
     ):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            criterion=criterion,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            size_divisibility=size_divisibility,
+        )
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1)
         self.transformer = transformer
         self.query_generator = query_generator
         self.heads = DetrPredictionHeads(hidden_dim, num_classes, aux_loss=aux_loss)
-        self.criterion = criterion
-        self.num_classes = num_classes
-        self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -117,15 +118,7 @@ class Detr(nn.Module):
             "size_divisibility": d.SIZE_DIVISIBILITY,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
     # --- phases -------------------------------------------------------------------
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
-
     def extract_features(self, images: ImageList):
         """The last backbone level, projected to the transformer width, its padding
         mask and its position embedding."""
@@ -152,58 +145,11 @@ class Detr(nn.Module):
         queries = self.build_queries(batched_inputs, images)
         return self.predict(self.decode(images, queries), queries)
 
-    def forward(self, batched_inputs: List[Dict]):
-        images = self.preprocess_image(batched_inputs)
-        outputs = self.forward_outputs(batched_inputs, images)
-        if self.training:
-            return self.losses(outputs, batched_inputs, images)
-        return self.inference(outputs, batched_inputs, images)
-
-    # --- training -----------------------------------------------------------------
-    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        """Ground truth as the criterion wants it: labels and cxcywh boxes normalised by
-        the (unpadded) image size."""
-        targets = []
-        for x, (h, w) in zip(batched_inputs, images.image_sizes):
-            instances = x["instances"].to(self.device)
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            boxes = box_convert(instances.gt_boxes.tensor / scale, "xyxy", "cxcywh")
-            targets.append({"labels": instances.gt_classes, "boxes": boxes})
-        return targets
-
-    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        if any("instances" not in x for x in batched_inputs):
-            raise ValueError(
-                f"{type(self).__name__} needs 'instances' in every training input; is the "
-                "dataset labelled and the mapper in training mode?"
-            )
-        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-
     # --- inference ----------------------------------------------------------------
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """One detection per query: its most likely real class (no-object excluded)."""
         scores, labels = outputs["pred_logits"].softmax(-1)[..., :-1].max(-1)
         return self.detections(outputs["pred_boxes"], scores, labels, batched_inputs, images)
-
-    def detections(self, pred_boxes, scores, classes, batched_inputs, images: ImageList) -> List[Dict]:
-        """``Instances`` per image, one per query (``pred_boxes`` normalised cxcywh, ``scores``
-        and ``classes`` [B, Q]), in the size each input asks for."""
-        results = []
-        for i, (h, w) in enumerate(images.image_sizes):
-            result = Instances((h, w))
-            boxes = box_convert(pred_boxes[i], "cxcywh", "xyxy")
-            result.pred_boxes = Boxes(boxes * torch.tensor([w, h, w, h], device=boxes.device))
-            result.pred_boxes.clip((h, w))
-            result.scores = scores[i]
-            result.pred_classes = classes[i]
-            results.append({"instances": self._to_input_size(result, batched_inputs[i])})
-        return results
-
-    @staticmethod
-    def _to_input_size(result: Instances, batched_input: Dict) -> Instances:
-        """Rescale to the size the input asks for (its original image size)."""
-        h, w = result.image_size
-        return detector_postprocess(result, batched_input.get("height", h), batched_input.get("width", w))
 
     # --- checkpoints ----------------------------------------------------------------
     # Keys only an UP-DETR pretraining checkpoint has, and the pretext's class head.
