@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from torchvision.ops import generalized_box_iou as tv_pairwise_giou
+from torchvision.ops import sigmoid_focal_loss
 
 import updetr_d2  # noqa: F401  (compat fixes before detectron2 submodules)
 from detectron2.utils import comm
@@ -278,3 +279,103 @@ def test_custom_term_plugs_in():
     assert losses["loss_count"].item() == 3.0
     with pytest.raises(ValueError, match="unique"):
         SetCriterion(HungarianMatcher(), [BoxL1GIoU(), BoxL1GIoU()], DETR_WEIGHTS)
+
+
+# --- tags and query validity (DN-DETR's denoising queries) -----------------------
+
+
+def test_tag_goes_between_key_and_layer_suffix():
+    outputs = random_outputs(seed=7)
+    indices = [(torch.tensor([0, 2, 4]), torch.tensor([0, 1, 2])), (torch.tensor([], dtype=torch.long),) * 2]
+    weights = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 0.0}
+    criterion = detr_criterion(weight_dict=weights)
+    plain = criterion(outputs, TARGETS, indices=indices, num_boxes=3.0)
+    tagged = criterion(outputs, TARGETS, indices=indices, num_boxes=3.0, tag="_dn")
+    assert set(tagged) == {f"{k}_dn{s}" for k in ("loss_ce", "loss_bbox") for s in ("", "_0", "_1")}
+    for key, value in plain.items():  # same values, weighted by the base key
+        tagged_key = key.replace("loss_ce", "loss_ce_dn").replace("loss_bbox", "loss_bbox_dn")
+        assert torch.equal(tagged[tagged_key], value), key
+
+
+def test_tagged_call_leaves_metrics_alone():
+    criterion = detr_criterion()
+    criterion(random_outputs(seed=8), TARGETS)
+    before = dict(criterion.last_metrics)
+    with EventStorage() as storage:
+        criterion(random_outputs(seed=9), TARGETS, tag="_dn")
+        assert "class_error" not in storage.latest()
+    assert criterion.last_metrics == before
+
+
+def _with_valid(layer, valid):
+    return {**layer, "query_valid": valid}
+
+
+def test_focal_ignores_invalid_query_slots():
+    outputs = random_outputs(seed=10, B=2, Q=4, num_aux=0, num_logits=C)
+    indices = [(torch.tensor([1, 3]), torch.tensor([0, 2])), (torch.tensor([], dtype=torch.long),) * 2]
+    valid = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    term = LabelFocal(C)
+    loss = term(_with_valid(outputs, valid), TARGETS, indices, 2.0)["loss_focal"]
+
+    per_elem_onehot = torch.zeros(2, 4, C)
+    per_elem_onehot[0, 1, TARGETS[0]["labels"][0]] = 1
+    per_elem_onehot[0, 3, TARGETS[0]["labels"][2]] = 1
+    full = sigmoid_focal_loss(outputs["pred_logits"], per_elem_onehot, reduction="none")
+    assert torch.allclose(loss, full[valid].sum() / 2.0)
+    # garbage (even inf) in invalid slots changes nothing
+    logits = outputs["pred_logits"].detach().clone()
+    logits[~valid] = float("inf")
+    again = term({**outputs, "pred_logits": logits, "query_valid": valid}, TARGETS, indices, 2.0)
+    assert torch.allclose(again["loss_focal"], loss)
+    # all valid == no mask (backwards compatible)
+    all_valid = torch.ones(2, 4, dtype=torch.bool)
+    assert torch.equal(
+        term(_with_valid(outputs, all_valid), TARGETS, indices, 2.0)["loss_focal"],
+        term(outputs, TARGETS, indices, 2.0)["loss_focal"],
+    )
+
+
+def test_cross_entropy_averages_over_valid_slots_only():
+    outputs = random_outputs(seed=11, B=2, Q=4, num_aux=0)
+    indices = [(torch.tensor([0, 2]), torch.tensor([1, 0])), (torch.tensor([], dtype=torch.long),) * 2]
+    term = LabelCrossEntropy(C, eos_coef=0.1)
+    all_valid = torch.ones(2, 4, dtype=torch.bool)
+    plain = term(outputs, TARGETS, indices, 1.0)["loss_ce"]
+    assert torch.allclose(term(_with_valid(outputs, all_valid), TARGETS, indices, 1.0)["loss_ce"], plain)
+
+    valid = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    logits = outputs["pred_logits"].detach()
+    target_classes = torch.full((2, 4), C)
+    target_classes[0, 0], target_classes[0, 2] = TARGETS[0]["labels"][1], TARGETS[0]["labels"][0]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")
+    w = torch.where(target_classes == C, 0.1, 1.0) * valid
+    expected = (w * nll).sum() / w.sum()
+    masked = _with_valid(outputs, valid)
+    assert torch.allclose(term(masked, TARGETS, indices, 1.0)["loss_ce"], expected)
+    logits = logits.clone()
+    logits[~valid] = float("nan")
+    assert torch.allclose(term({**masked, "pred_logits": logits}, TARGETS, indices, 1.0)["loss_ce"], expected)
+    none_valid = _with_valid(outputs, torch.zeros(2, 4, dtype=torch.bool))
+    empty = [(torch.tensor([], dtype=torch.long),) * 2] * 2
+    assert term(none_valid, TARGETS, empty, 1.0)["loss_ce"].item() == 0.0
+
+
+def test_query_valid_reaches_aux_layers_and_is_checked():
+    outputs = random_outputs(seed=12, B=2, Q=4, num_aux=1, num_logits=C)
+    indices = [(torch.tensor([0]), torch.tensor([0])), (torch.tensor([], dtype=torch.long),) * 2]
+    weights = {"loss_focal": 1.0, "loss_bbox": 1.0, "loss_giou": 1.0}
+    criterion = SetCriterion(_NoMatcher(), [LabelFocal(C), BoxL1GIoU()], weights)
+    valid = torch.tensor([[True, False, False, False], [False, False, False, False]])
+    masked = _with_valid(outputs, valid)
+    masked["aux_outputs"] = [_with_valid(outputs["aux_outputs"][0], valid)]
+    losses = criterion(masked, TARGETS, indices=indices, num_boxes=1.0)
+    unmasked = criterion(outputs, TARGETS, indices=indices, num_boxes=1.0)
+    for key in ("loss_focal", "loss_focal_0"):
+        assert losses[key] < unmasked[key], key
+    for key in ("loss_bbox", "loss_giou", "loss_bbox_0"):
+        assert torch.equal(losses[key], unmasked[key]), key
+    with pytest.raises(ValueError, match="query_valid"):
+        LabelFocal(C)(_with_valid(outputs, torch.ones(2, 3, dtype=torch.bool)), TARGETS, indices, 1.0)
+    with pytest.raises(ValueError, match="query_valid"):
+        LabelFocal(C)(_with_valid(outputs, torch.ones(2, 4)), TARGETS, indices, 1.0)

@@ -35,6 +35,24 @@ used for every layer. Keys weighted 0 are left out; a key missing from
 ``weight_dict`` raises ``KeyError`` so that no loss is silently dropped.
 Detectron2's trainer sums every returned value, so metrics (``class_error``)
 are never returned: they go to the event storage and ``criterion.last_metrics``.
+
+Tags (query denoising and other extra query sets)
+-------------------------------------------------
+``forward(..., tag="_dn")`` puts the tag between the base key and the layer
+suffix (``loss_bbox`` -> ``loss_bbox_dn``, ``loss_bbox_dn_0``); weights are still
+looked up by the base key, so the extra set is weighted like the matching part.
+Metrics are computed and logged only for untagged calls (``tag == ""``): they
+describe the matching queries, and ``last_metrics`` is not overwritten by a
+DN call.
+
+Query validity
+--------------
+A layer's dict may carry ``"query_valid"`` (bool [B, Q], False = padding slot,
+e.g. DN-DETR's groups padded to the batch's largest object count, see
+``denoising.DenoisingGroups.split``). The classification terms then ignore the
+invalid slots (:class:`LabelFocal` zeroes their per-element loss, and
+:class:`LabelCrossEntropy` averages over the valid slots only); box terms only see
+matched pairs and are unaffected.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -73,6 +91,19 @@ def class_error(logits: Tensor, indices: Indices, targets) -> Dict[str, Tensor]:
     labels = matched_targets(targets, indices, "labels", logits.device)
     accuracy = (logits[idx].argmax(-1) == labels).float().mean() * 100
     return {"class_error": 100 - accuracy}
+
+
+def query_valid_mask(outputs, logits: Tensor) -> Optional[Tensor]:
+    """``outputs["query_valid"]`` (bool [B, Q], False = padding slot) checked against
+    ``logits`` [B, Q, ...] and moved to its device, or None when absent."""
+    valid = outputs.get("query_valid")
+    if valid is None:
+        return None
+    if valid.dtype != torch.bool or tuple(valid.shape) != tuple(logits.shape[:2]):
+        raise ValueError(
+            f"query_valid must be bool [B, Q] = {tuple(logits.shape[:2])}; got {valid.dtype} {tuple(valid.shape)}"
+        )
+    return valid.to(logits.device)
 
 
 class LossTerm(nn.Module):
@@ -119,8 +150,16 @@ class LabelCrossEntropy(LossTerm):
         target_classes[matched_pred_index(indices, logits.device)] = matched_targets(
             targets, indices, "labels", logits.device
         )
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))
-        return {"loss_ce": loss}
+        weight = self.empty_weight.to(logits.dtype)
+        valid = query_valid_mask(outputs, logits)
+        if valid is None:
+            loss = F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
+            return {"loss_ce": loss}
+        # Same weighted mean as above, over the valid slots only (0 when there is none).
+        nll = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")
+        w = weight[target_classes] * valid.to(logits.dtype)
+        nll = torch.where(valid, nll, torch.zeros_like(nll))  # garbage in padding must not give NaN
+        return {"loss_ce": (w * nll).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)}
 
     @torch.no_grad()
     def metrics(self, outputs, targets, indices):
@@ -148,6 +187,11 @@ class LabelFocal(LossTerm):
         batch_idx, pred_idx = matched_pred_index(indices, logits.device)
         onehot[batch_idx, pred_idx, matched_targets(targets, indices, "labels", logits.device)] = 1
         loss = sigmoid_focal_loss(logits, onehot, alpha=self.alpha, gamma=self.gamma, reduction="none")
+        valid = query_valid_mask(outputs, logits)
+        if valid is not None:
+            # Padding slots contribute nothing (DN-DETR's official loss; detrex instead
+            # trains DN padding as background).
+            loss = torch.where(valid[..., None], loss, torch.zeros_like(loss))
         # Deformable DETR writes loss.mean(1).sum() / num_boxes * Q, i.e. the plain sum / num_boxes.
         return {"loss_focal": loss.sum() / num_boxes}
 
@@ -233,12 +277,16 @@ class SetCriterion(nn.Module):
         targets: Sequence[Dict[str, Tensor]],
         indices: Optional[Indices] = None,
         num_boxes: Optional[float] = None,
+        tag: str = "",
     ) -> Dict[str, Tensor]:
         """Weighted losses.
 
         ``indices``: fixed assignments (e.g. DN-DETR's denoising queries) used for the
         final and every auxiliary layer instead of running the matcher.
         ``num_boxes``: normaliser to use instead of the batch's (all-reduced) target count.
+        ``tag``: inserted between base key and layer suffix (``"_dn"`` gives
+        ``loss_bbox_dn``, ``loss_bbox_dn_0``); weights by base key; metrics are
+        logged only when the tag is empty.
         """
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         layers: List[Tuple[str, Dict]] = [("", final)]
@@ -253,8 +301,8 @@ class SetCriterion(nn.Module):
             for term in self.loss_terms:
                 if suffix and not term.apply_to_aux:
                     continue
-                self._weighted(term, term(layer_outputs, targets, layer_indices, num_boxes), suffix, losses)
-            if not suffix:
+                self._weighted(term, term(layer_outputs, targets, layer_indices, num_boxes), tag + suffix, losses)
+            if not suffix and not tag:
                 self._log_metrics(final, targets, layer_indices)
         return losses
 
