@@ -10,7 +10,7 @@ from updetr_d2.data import MAPPER_REGISTRY
 
 
 def test_meta_architectures_and_mappers_are_registered():
-    assert {"Detr", "UPDETR"} <= {name for name, _ in META_ARCH_REGISTRY}
+    assert {"Detr", "UPDETR", "DeformableDetr"} <= {name for name, _ in META_ARCH_REGISTRY}
     assert {"DatasetMapper", "DetrDatasetMapper", "QueryPatchDatasetMapper"} <= {name for name, _ in MAPPER_REGISTRY}
 
 

@@ -7,21 +7,35 @@ from detectron2.solver import build_optimizer as build_d2_optimizer
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 
+# Deformable DETR trains the projections that place its sampling points at a tenth of the LR.
+OFFSET_PARAMETER_NAMES = ("sampling_offsets", "reference_points")
+
+
 def detr_param_groups(
     model: torch.nn.Module, base_lr: float, weight_decay: float, backbone_multiplier: float = 0.1,
-    backbone_prefix: str = "backbone.",
+    backbone_prefix: str = "backbone.", offset_multiplier: float = 1.0,
 ) -> List[Dict]:
-    """Two parameter groups: the CNN backbone at ``base_lr * backbone_multiplier`` and
-    everything else at ``base_lr``; frozen parameters are left out. DETR decays every
+    """Parameter groups: the CNN backbone at ``base_lr * backbone_multiplier``, the
+    sampling-offset and reference-point projections (names containing one of
+    ``OFFSET_PARAMETER_NAMES``) at ``base_lr * offset_multiplier``, everything else at
+    ``base_lr``; frozen parameters are left out, empty groups too. DETR decays every
     parameter, norms and biases included."""
-    backbone, rest = [], []
+    multipliers = {"backbone": backbone_multiplier, "offsets": offset_multiplier, "rest": 1.0}
+    params = {key: [] for key in multipliers}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (backbone if name.startswith(backbone_prefix) else rest).append(param)
-    groups = [{"params": rest, "lr": base_lr, "weight_decay": weight_decay}]
-    if backbone:
-        groups.append({"params": backbone, "lr": base_lr * backbone_multiplier, "weight_decay": weight_decay})
-    return groups
+        if not param.requires_grad:
+            continue
+        if name.startswith(backbone_prefix):
+            params["backbone"].append(param)
+        elif any(part in name for part in OFFSET_PARAMETER_NAMES):
+            params["offsets"].append(param)
+        else:
+            params["rest"].append(param)
+    return [
+        {"params": params[key], "lr": base_lr * multipliers[key], "weight_decay": weight_decay}
+        for key in ("rest", "backbone", "offsets")
+        if params[key] or key == "rest"
+    ]
 
 
 def with_full_model_grad_clip(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.optim.Optimizer:
@@ -58,7 +72,10 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_d2_optimizer(cfg, model)
     if name != "ADAMW":
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
-    params = detr_param_groups(model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.BACKBONE_MULTIPLIER)
+    params = detr_param_groups(
+        model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.BACKBONE_MULTIPLIER,
+        offset_multiplier=solver.OFFSET_LR_MULTIPLIER,
+    )
     optimizer = torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
     clip = solver.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":

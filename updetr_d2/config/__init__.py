@@ -1,5 +1,7 @@
 from .defaults import (
+    add_deformable_detr_config,
     add_detr_config,
+    add_dn_config,
     add_updetr_config,
     add_updetr_pretraining_config,
     default_device,
@@ -7,7 +9,9 @@ from .defaults import (
 )
 
 __all__ = [
+    "add_deformable_detr_config",
     "add_detr_config",
+    "add_dn_config",
     "add_updetr_config",
     "add_updetr_pretraining_config",
     "default_device",

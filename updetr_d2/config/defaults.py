@@ -42,6 +42,44 @@ def add_detr_config(cfg):
     return cfg
 
 
+def add_deformable_detr_config(cfg):
+    """``MODEL.DEFORMABLE_DETR.*``: what Deformable DETR adds to ``MODEL.DETR`` (which
+    keeps the width, heads, layers, queries and loss weights; Deformable configs set
+    DIM_FEEDFORWARD 1024, NUM_OBJECT_QUERIES 300, CLASS_WEIGHT 2). Paper defaults."""
+    cfg.MODEL.DEFORMABLE_DETR = CN()
+    dd = cfg.MODEL.DEFORMABLE_DETR
+    dd.IN_FEATURES = ["res3", "res4", "res5"]  # strides 8, 16, 32
+    dd.NUM_FEATURE_LEVELS = 4  # levels beyond IN_FEATURES come from stride-2 convs
+    dd.ENC_N_POINTS = 4
+    dd.DEC_N_POINTS = 4
+    dd.WITH_BOX_REFINE = False
+    dd.TWO_STAGE = False
+    # Anchor queries (DAB-Deformable-DETR): learned content + box per query, positional
+    # query from the box in every layer. Needed by DN.
+    dd.ANCHOR_QUERIES = False
+    dd.FOCAL_ALPHA = 0.25
+    dd.TEST_TOPK = 100  # detections kept per image: the best (query, class) pairs
+    # Learning rate multiplier of the sampling offsets and reference point projections.
+    cfg.SOLVER.OFFSET_LR_MULTIPLIER = 1.0
+    return cfg
+
+
+def add_dn_config(cfg):
+    """``MODEL.DN.*``: DN-DETR's denoising training (paper defaults) for anchor-query models."""
+    cfg.MODEL.DN = CN()
+    dn = cfg.MODEL.DN
+    dn.ENABLED = False
+    dn.NUM_GROUPS = 5
+    dn.LABEL_NOISE_PROB = 0.2  # each denoising label flipped to another class with this probability
+    dn.BOX_NOISE_SCALE = 0.4  # centre shift up to SCALE/2 of the side, sides scaled by 1 +- SCALE
+    # Hide the padding slots of the denoising groups from every query (DN-DETR leaves them visible).
+    dn.MASK_PADDING = True
+    # Anchor queries' content ends with DN's indicator (0: matching query, 1: denoising), so
+    # the same weights serve with DN on or off.
+    dn.WITH_INDICATOR = True
+    return cfg
+
+
 def add_updetr_pretraining_config(cfg):
     """``MODEL.UPDETR.*`` and ``INPUT.QUERY_PATCH.*``: UP-DETR's random query patch
     pretraining (paper defaults); the rest of the model is ``MODEL.DETR``."""
@@ -76,6 +114,8 @@ def add_updetr_config(cfg):
     Idempotent, so method-specific ``add_*_config`` functions can call it first.
     """
     add_detr_config(cfg)
+    add_deformable_detr_config(cfg)
+    add_dn_config(cfg)
     add_updetr_pretraining_config(cfg)
     add_efficientnet_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PositionEmbeddingSine", "PositionEmbeddingLearned"]
+__all__ = ["PositionEmbeddingSine", "PositionEmbeddingLearned", "sine_embed_coordinates"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -32,6 +32,8 @@ class PositionEmbeddingSine(nn.Module):
 
     The output is ``cat([y channels, x channels])``: [B, 2 * num_pos_feats, H, W],
     identical to DETR's ``PositionEmbeddingSine`` (so DETR checkpoints keep working).
+    ``offset`` is added to the counts before normalising: Deformable DETR uses -0.5,
+    the pixel centres.
     """
 
     eps = 1e-6
@@ -42,6 +44,7 @@ class PositionEmbeddingSine(nn.Module):
         temperature: float = 10000,
         normalize: bool = True,
         scale: float = 2 * math.pi,
+        offset: float = 0.0,
     ):
         super().__init__()
         if num_pos_feats % 2 != 0:
@@ -50,6 +53,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = scale
+        self.offset = offset
 
     def forward(self, mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """mask: [B, H, W] bool, True = padded. Returns [B, 2*num_pos_feats, H, W] of ``dtype``.
@@ -65,8 +69,8 @@ class PositionEmbeddingSine(nn.Module):
         y = not_mask.cumsum(1, dtype=torch.float32)  # [B, H, W]
         x = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
-            y = y / (y[:, -1:, :] + self.eps) * self.scale
-            x = x / (x[:, :, -1:] + self.eps) * self.scale
+            y = (y + self.offset) / (y[:, -1:, :] + self.eps) * self.scale
+            x = (x + self.offset) / (x[:, :, -1:] + self.eps) * self.scale
 
         half = self.num_pos_feats // 2
         # temperature ** (2i / N) for i < N/2: the frequencies shared by each sin/cos pair
@@ -85,7 +89,7 @@ class PositionEmbeddingSine(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, "
-            f"normalize={self.normalize}, scale={self.scale}"
+            f"normalize={self.normalize}, scale={self.scale}, offset={self.offset}"
         )
 
 
@@ -132,3 +136,21 @@ class PositionEmbeddingLearned(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_pos_feats={self.num_pos_feats}, max_size={self.max_size}"
+
+
+def sine_embed_coordinates(
+    coords: Tensor, num_pos_feats: int = 128, temperature: float = 10000, scale: float = 2 * math.pi
+) -> Tensor:
+    """Sine embedding of normalised coordinates (points, boxes) [..., K] ->
+    [..., K * num_pos_feats]: each coordinate ``c`` (times ``scale``) is encoded as in
+    :class:`PositionEmbeddingSine` (channel 2i sin, 2i+1 cos of ``c / temperature **
+    (2i / num_pos_feats)``), coordinates concatenated in their given order. Deformable
+    DETR's two-stage proposals and anchor queries (DAB-DETR) get their positional
+    queries from it."""
+    if num_pos_feats % 2 != 0:
+        raise ValueError(f"num_pos_feats must be even (sin/cos pairs), got {num_pos_feats}")
+    half = num_pos_feats // 2
+    dim_t = torch.arange(half, dtype=torch.float32, device=coords.device)
+    dim_t = temperature ** (2 * dim_t / num_pos_feats)
+    p = coords.float().unsqueeze(-1) * scale / dim_t  # [..., K, N/2]
+    return torch.stack((p.sin(), p.cos()), dim=-1).flatten(-3).to(coords.dtype)

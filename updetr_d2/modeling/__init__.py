@@ -4,19 +4,25 @@ Importing this module registers the meta-architectures in Detectron2's META_ARCH
 from .backbone import MaskedBackbone
 from .efficientnet import EfficientNetLiteBackbone, build_efficientnet_lite_backbone
 from .criterion import BoxL1GIoU, LabelCrossEntropy, LabelFocal, LossTerm, SetCriterion
-from .heads import MLP, DetrPredictionHeads
+from .denoising import DenoisingQueries, dn_losses
+from .heads import MLP, BoxRefinementHeads, DetrPredictionHeads
 from .matcher import HungarianMatcher
-from .meta_arch import Detr
-from .queries import LearnedQueries, QueryBundle
+from .meta_arch import DeformableDetr, Detr
+from .queries import AnchorQueries, LearnedPointQueries, LearnedQueries, QueryBundle
 
 __all__ = [
+    "AnchorQueries",
     "BoxL1GIoU",
+    "BoxRefinementHeads",
+    "DeformableDetr",
+    "DenoisingQueries",
     "Detr",
     "DetrPredictionHeads",
     "EfficientNetLiteBackbone",
     "HungarianMatcher",
     "LabelCrossEntropy",
     "LabelFocal",
+    "LearnedPointQueries",
     "LearnedQueries",
     "LossTerm",
     "MLP",
@@ -24,4 +30,5 @@ __all__ = [
     "QueryBundle",
     "SetCriterion",
     "build_efficientnet_lite_backbone",
+    "dn_losses",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid  # noqa: F401  (re-exported)
 
-__all__ = ["QueryBundle", "LearnedQueries", "AnchorQueries", "inverse_sigmoid"]
+__all__ = ["QueryBundle", "LearnedQueries", "LearnedPointQueries", "AnchorQueries", "inverse_sigmoid"]
 
 
 @dataclass
@@ -25,9 +25,10 @@ class QueryBundle:
     """What a decoder starts from; every field [Q, .] (shared) or [B, Q, .] (per image).
 
     query_pos: positional queries [.., Q, d] (None when the decoder derives them from
-        ``reference_boxes``).
+        ``reference_points``).
     tgt: content queries [.., Q, d]; None = zeros (DETR).
-    reference_boxes: normalised cxcywh boxes in [0, 1], [.., Q, 4] (anchor queries).
+    reference_points: where deformable cross-attention looks, normalised to [0, 1]:
+        points (x, y) [.., Q, 2] or boxes (cx, cy, w, h) [.., Q, 4] (anchor queries).
     self_attn_mask: bool [Q, Q] or [B * nhead, Q, Q], True = query i may not see j.
     meta: what later phases need to know about the queries (UP-DETR's patch groups,
         DN-DETR's denoising groups, ...).
@@ -37,14 +38,14 @@ class QueryBundle:
     tgt: Optional[torch.Tensor] = None
     self_attn_mask: Optional[torch.Tensor] = None
     meta: Dict[str, object] = field(default_factory=dict)
-    reference_boxes: Optional[torch.Tensor] = None
+    reference_points: Optional[torch.Tensor] = None
 
     @property
     def num_queries(self) -> int:
-        for x in (self.query_pos, self.tgt, self.reference_boxes):
+        for x in (self.query_pos, self.tgt, self.reference_points):
             if x is not None:
                 return x.shape[-2]
-        raise ValueError("QueryBundle has neither query_pos, tgt nor reference_boxes")
+        raise ValueError("QueryBundle has neither query_pos, tgt nor reference_points")
 
 
 class LearnedQueries(nn.Module):
@@ -60,6 +61,29 @@ class LearnedQueries(nn.Module):
 
     def forward(self, batch_size: int, **context) -> QueryBundle:
         return QueryBundle(query_pos=self.query_embed.weight)
+
+
+class LearnedPointQueries(nn.Module):
+    """Deformable DETR's queries: a learned positional and content vector per query
+    (``query_embed`` [N, 2d], split in that order) and a reference point predicted from
+    the positional one, ``sigmoid(Linear(query_pos))``, as normalised (x, y)."""
+
+    def __init__(self, num_queries: int, hidden_dim: int):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.query_embed = nn.Embedding(num_queries, 2 * hidden_dim)
+        self.reference_points = nn.Linear(hidden_dim, 2)
+        nn.init.xavier_uniform_(self.reference_points.weight)
+        nn.init.zeros_(self.reference_points.bias)
+
+    @property
+    def num_queries(self) -> int:
+        return self.query_embed.num_embeddings
+
+    def forward(self, batch_size: int, **context) -> QueryBundle:
+        query_pos, tgt = self.query_embed.weight.split(self.hidden_dim, dim=1)
+        reference = self.reference_points(query_pos).sigmoid()
+        return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference)
 
 
 class AnchorQueries(nn.Module):
@@ -95,4 +119,4 @@ class AnchorQueries(nn.Module):
         return tgt
 
     def forward(self, batch_size: int, **context) -> QueryBundle:
-        return QueryBundle(tgt=self.content(), reference_boxes=self.anchor_embed.weight.sigmoid())
+        return QueryBundle(tgt=self.content(), reference_points=self.anchor_embed.weight.sigmoid())

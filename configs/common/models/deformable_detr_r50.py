@@ -1,0 +1,56 @@
+"""Deformable DETR-R50 as LazyConfig; builds the same module tree as
+projects/DeformableDETR/configs/deformable_detr_r50.yaml."""
+from detectron2.config import LazyCall as L
+from detectron2.modeling.backbone import BasicStem, ResNet
+
+from updetr_d2.layers.deformable_transformer import DeformableTransformer
+from updetr_d2.layers.position_encoding import PositionEmbeddingSine
+from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelFocal, SetCriterion
+from updetr_d2.modeling.backbone import MaskedBackbone
+from updetr_d2.modeling.meta_arch.deformable_detr import DeformableDetr
+from updetr_d2.modeling.queries import LearnedPointQueries
+
+model = L(DeformableDetr)(
+    backbone=L(MaskedBackbone)(
+        backbone=L(ResNet)(
+            stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+            stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
+            out_features=["res3", "res4", "res5"],
+            freeze_at=2,
+        ),
+        in_features=["res3", "res4", "res5"],
+    ),
+    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, normalize=True, offset=-0.5),
+    transformer=L(DeformableTransformer)(
+        d_model=256,
+        nhead=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dim_feedforward=1024,
+        dropout=0.1,
+        num_feature_levels=4,
+        enc_n_points=4,
+        dec_n_points=4,
+        two_stage=False,
+        anchor_queries=False,
+    ),
+    query_generator=L(LearnedPointQueries)(num_queries=300, hidden_dim=256),
+    criterion=L(SetCriterion)(
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, class_cost_type="focal", focal_alpha=0.25
+        ),
+        loss_terms=[L(LabelFocal)(num_classes="${....num_classes}", alpha=0.25), L(BoxL1GIoU)()],
+        weight_dict={"loss_focal": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        aux_loss=True,
+    ),
+    num_classes=80,
+    hidden_dim=256,
+    pixel_mean=[123.675, 116.280, 103.530],
+    pixel_std=[58.395, 57.120, 57.375],
+    num_queries=300,
+    aux_loss=True,
+    with_box_refine=False,
+    two_stage=False,
+    test_topk=100,
+    size_divisibility=32,
+)
