@@ -1,5 +1,5 @@
 """LazyConfig twin of deformable_detr_R18_demo.yaml: a small Deformable DETR (ResNet-18 GN from
-scratch, 3 levels, 64-wide 2+2-layer deformable transformer, 30 queries, box refinement) on
+scratch, 3 levels, 128-wide 2+2-layer deformable transformer, 30 queries, box refinement) on
 the generated demo data."""
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
@@ -18,11 +18,11 @@ resnet.stages.depth = 18
 resnet.stages.norm = "GN"
 del resnet.stages.stride_in_1x1  # a ResNet-18 has no bottleneck blocks
 resnet.freeze_at = 0
-model.position_embedding.num_pos_feats = 32
-model.transformer.update(d_model=64, nhead=4, dim_feedforward=256, num_encoder_layers=2,
+model.position_embedding.num_pos_feats = 64
+model.transformer.update(d_model=128, nhead=4, dim_feedforward=512, num_encoder_layers=2,
                          num_decoder_layers=2, dropout=0.0, num_feature_levels=3)
-model.query_generator.update(num_queries=30, hidden_dim=64)
-model.update(num_classes=4, hidden_dim=64, num_queries=30, with_box_refine=True)
+model.query_generator.update(num_queries=30, hidden_dim=128)
+model.update(num_classes=4, hidden_dim=128, num_queries=30, with_box_refine=True)
 
 dataloader.train.dataset.names = "updetr_demo_train"
 dataloader.train.mapper.augmentations.update(
