@@ -51,7 +51,7 @@ from .attention_masks import (
     pad_invalid,
     within_groups,
 )
-from .queries import QueryBundle
+from .queries import QueryBundle, per_image
 
 __all__ = [
     "apply_label_noise",
@@ -318,8 +318,8 @@ class DenoisingQueries(nn.Module):
         groups = DenoisingGroups(P, M, valid)
 
         N = base.tgt.shape[-2]
-        tgt = torch.cat([dn_tgt, _per_image(base.tgt, B)], dim=1)
-        reference_points = torch.cat([dn_boxes, _per_image(base.reference_points, B)], dim=1)
+        tgt = torch.cat([dn_tgt, per_image(base.tgt, B)], dim=1)
+        reference_points = torch.cat([dn_boxes, per_image(base.reference_points, B)], dim=1)
         has_padding = self.mask_padding and min(counts) < M  # from the counts: no device sync
         mask = self._mask(groups, N, base.self_attn_mask, has_padding)
         return dataclasses.replace(
@@ -352,11 +352,6 @@ class DenoisingQueries(nn.Module):
                 )
             rules.append(_inside("match", base_mask.to(device)))
         return expand_to_heads(build_self_attn_mask(layout, rules), self.num_heads)
-
-
-def _per_image(x: Tensor, batch_size: int) -> Tensor:
-    """[Q, k] -> [B, Q, k] (a view); [B, Q, k] as is."""
-    return x.unsqueeze(0).expand(batch_size, -1, -1) if x.dim() == 2 else x
 
 
 def _inside(name: str, blocked: Tensor):

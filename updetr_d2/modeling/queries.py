@@ -17,7 +17,13 @@ from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid  # noqa: F401  (re-exported)
 
-__all__ = ["QueryBundle", "LearnedQueries", "LearnedPointQueries", "AnchorQueries", "inverse_sigmoid"]
+__all__ = ["per_image", "QueryBundle", "LearnedQueries", "LearnedPointQueries", "AnchorQueries", "inverse_sigmoid"]
+
+
+def per_image(x: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
+    """A query field shared by the batch [Q, k] -> [B, Q, k] (a view); [B, Q, k] and
+    None as they are."""
+    return x.unsqueeze(0).expand(batch_size, -1, -1) if x is not None and x.dim() == 2 else x
 
 
 @dataclass
@@ -95,9 +101,9 @@ class AnchorQueries(nn.Module):
     queries (1); keep it on when the model may be trained with denoising, so the same
     weights serve with DN on or off.
 
-    Boxes are stored as logits (``anchor_embed``) and returned as normalised cxcywh in
-    [0, 1]; they are initialised uniformly in logit space around the image centre,
-    so the initial anchors spread over the image.
+    Boxes are stored as logits (``anchor_embed``, standard-normal initialised as in
+    DAB-DETR, so the initial anchors spread over the image) and returned as
+    normalised cxcywh in [0, 1].
     """
 
     def __init__(self, num_queries: int, hidden_dim: int, with_indicator: bool = True):
@@ -105,7 +111,6 @@ class AnchorQueries(nn.Module):
         self.with_indicator = with_indicator
         self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1 if with_indicator else hidden_dim)
         self.anchor_embed = nn.Embedding(num_queries, 4)
-        nn.init.uniform_(self.anchor_embed.weight, -2.0, 2.0)
 
     @property
     def num_queries(self) -> int:

@@ -1,5 +1,9 @@
 """Deformable DETR-R50 as LazyConfig; builds the same module tree as
-projects/DeformableDETR/configs/deformable_detr_r50.yaml."""
+projects/DeformableDETR/configs/deformable_detr_r50.yaml.
+
+``dn_query_generator`` is the DN-Deformable-DETR switch: anchor queries wrapped in
+denoising groups (set it as ``model.query_generator`` with
+``model.transformer.anchor_queries = True``); its sizes follow the model's."""
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
@@ -8,7 +12,8 @@ from updetr_d2.layers.position_encoding import PositionEmbeddingSine
 from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelFocal, SetCriterion
 from updetr_d2.modeling.backbone import MaskedBackbone
 from updetr_d2.modeling.meta_arch.deformable_detr import DeformableDetr
-from updetr_d2.modeling.queries import LearnedPointQueries
+from updetr_d2.modeling.denoising import DenoisingQueries
+from updetr_d2.modeling.queries import AnchorQueries, LearnedPointQueries
 
 model = L(DeformableDetr)(
     backbone=L(MaskedBackbone)(
@@ -53,4 +58,16 @@ model = L(DeformableDetr)(
     two_stage=False,
     test_topk=100,
     size_divisibility=32,
+)
+
+# Interpolations are relative to model.query_generator, where it is placed.
+dn_query_generator = L(DenoisingQueries)(
+    base=L(AnchorQueries)(num_queries="${...num_queries}", hidden_dim="${...hidden_dim}", with_indicator=True),
+    num_classes="${..num_classes}",
+    hidden_dim="${..hidden_dim}",
+    num_heads="${..transformer.nhead}",
+    num_groups=5,
+    label_noise_prob=0.2,
+    box_noise_scale=0.4,
+    mask_padding=True,
 )

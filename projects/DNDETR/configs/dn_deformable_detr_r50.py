@@ -4,26 +4,14 @@ from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from updetr_d2.modeling.denoising import DenoisingQueries
-from updetr_d2.modeling.queries import AnchorQueries
-
 from ....configs.common.data.detr_coco import dataloader
-from ....configs.common.models.deformable_detr_r50 import model
+from ....configs.common.models.deformable_detr_r50 import dn_query_generator, model
 from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 
 model.with_box_refine = True
 model.transformer.anchor_queries = True
-model.query_generator = L(DenoisingQueries)(
-    base=L(AnchorQueries)(num_queries="${...num_queries}", hidden_dim="${...hidden_dim}", with_indicator=True),
-    num_classes="${..num_classes}",
-    hidden_dim="${..hidden_dim}",
-    num_heads="${..transformer.nhead}",
-    num_groups=5,
-    label_noise_prob=0.2,
-    box_noise_scale=0.4,
-    mask_padding=True,
-)
+model.query_generator = dn_query_generator
 
 optimizer.lr = 1e-4
 optimizer.params.offset_multiplier = 0.1

@@ -25,7 +25,7 @@ from ..criterion import BoxL1GIoU, LabelFocal, SetCriterion
 from ..denoising import DenoisingQueries, dn_losses
 from ..heads import BoxRefinementHeads
 from ..matcher import HungarianMatcher
-from ..queries import AnchorQueries, LearnedPointQueries, QueryBundle
+from ..queries import AnchorQueries, LearnedPointQueries, QueryBundle, per_image
 from .base import SetPredictionDetector
 
 __all__ = ["DeformableDetr", "build_deformable_criterion", "input_projections"]
@@ -218,20 +218,16 @@ class DeformableDetr(SetPredictionDetector):
             context["targets"] = self.prepare_targets(batched_inputs, images)
         return self.query_generator(batch, **context)
 
-    @staticmethod
-    def _per_image(x: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
-        return x if x is None or x.dim() == 3 else x.unsqueeze(0).expand(batch, -1, -1)
-
     def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
         encoded = self.transformer.encode(*self.extract_features(images))
         queries = self.build_queries(batched_inputs, images, encoded)
         batch = len(images)
-        tgt = self._per_image(queries.tgt, batch)
+        tgt = per_image(queries.tgt, batch)
         hs, references = self.transformer.decode(
             encoded,
             tgt,
-            self._per_image(queries.reference_points, batch),
-            query_pos=self._per_image(queries.query_pos, batch),
+            per_image(queries.reference_points, batch),
+            query_pos=per_image(queries.query_pos, batch),
             self_attn_mask=queries.self_attn_mask,
             bbox_embed=self.heads.decoder_box_heads,
         )
