@@ -1,7 +1,7 @@
 """Deformable DETR-R50 as LazyConfig; builds the same module tree as
 projects/DeformableDETR/configs/deformable_detr_r50.yaml.
 
-``dn_query_generator`` is the DN-Deformable-DETR switch: anchor queries wrapped in
+``dn_query_generator()`` is the DN-Deformable-DETR switch: anchor queries wrapped in
 denoising groups (set it as ``model.query_generator`` with
 ``model.transformer.anchor_queries = True``); its sizes follow the model's."""
 from detectron2.config import LazyCall as L
@@ -60,14 +60,18 @@ model = L(DeformableDetr)(
     size_divisibility=32,
 )
 
-# Interpolations are relative to model.query_generator, where it is placed.
-dn_query_generator = L(DenoisingQueries)(
-    base=L(AnchorQueries)(num_queries="${...num_queries}", hidden_dim="${...hidden_dim}", with_indicator=True),
-    num_classes="${..num_classes}",
-    hidden_dim="${..hidden_dim}",
-    num_heads="${..transformer.nhead}",
-    num_groups=5,
-    label_noise_prob=0.2,
-    box_noise_scale=0.4,
-    mask_padding=True,
-)
+
+def dn_query_generator(num_groups=5, label_noise_prob=0.2, box_noise_scale=0.4, mask_padding=True):
+    """DN-Deformable-DETR's query generator (a function, so that the config files that
+    import it do not get an extra top-level node); interpolations are relative to
+    ``model.query_generator``, where it is placed."""
+    return L(DenoisingQueries)(
+        base=L(AnchorQueries)(num_queries="${...num_queries}", hidden_dim="${...hidden_dim}", with_indicator=True),
+        num_classes="${..num_classes}",
+        hidden_dim="${..hidden_dim}",
+        num_heads="${..transformer.nhead}",
+        num_groups=num_groups,
+        label_noise_prob=label_noise_prob,
+        box_noise_scale=box_noise_scale,
+        mask_padding=mask_padding,
+    )

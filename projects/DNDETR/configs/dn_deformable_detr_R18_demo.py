@@ -10,5 +10,5 @@ from ...DeformableDETR.configs.deformable_detr_R18_demo import (  # noqa: F401
 )
 
 model.transformer.anchor_queries = True
-model.query_generator = dn_query_generator
+model.query_generator = dn_query_generator()
 train.output_dir = "./output/demo_dn_deformable_detr_lazy"

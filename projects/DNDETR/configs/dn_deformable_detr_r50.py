@@ -11,7 +11,7 @@ from ....configs.common.train import train
 
 model.with_box_refine = True
 model.transformer.anchor_queries = True
-model.query_generator = dn_query_generator
+model.query_generator = dn_query_generator()
 
 optimizer.lr = 1e-4
 optimizer.params.offset_multiplier = 0.1
