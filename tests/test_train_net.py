@@ -2,6 +2,7 @@
 evaluate with COCOEvaluator, resume from the last checkpoint, evaluate only; for the
 project's DETR and for a Detectron2 built-in model next to it."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -155,3 +156,21 @@ def test_dn_deformable_detr_lazy_trains_resumes_and_evaluates(tmp_path):
     resumed = train_net("--resume", *common, "train.max_iter=8")
     assert "Starting training from iteration 4" in resumed
     coco_bbox_metrics(resumed)
+
+
+def test_codetr_with_all_three_heads_trains_and_evaluates(tmp_path):
+    """Co-DETR's demo config with ATSS, FCOS and Faster R-CNN heads: every head's losses and
+    every positive-query pass's losses are logged and finite; evaluation runs."""
+    out = str(tmp_path / "codetr")
+    config = os.path.join(ROOT, "projects", "CoDETR", "configs", "co_deformable_detr_R18_demo.yaml")
+    output = train_net("--config-file", config, *DETR_YAML_FAST, "SOLVER.MAX_ITER", "4",
+                       "MODEL.CO_DETR.AUX_HEADS", "['ATSSAuxHead', 'FCOSAuxHead', 'FasterRCNNAuxHead']",
+                       "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", out)
+    with open(os.path.join(out, "metrics.json")) as f:
+        logged = [json.loads(line) for line in f]
+    losses = {k: v for r in logged for k, v in r.items() if k.startswith("loss_")}
+    for head in ("atss", "fcos", "rcnn"):
+        assert any(k.startswith(f"loss_{head}_") for k in losses), head
+        assert f"loss_focal_co_{head}" in losses and f"loss_giou_co_{head}_0" in losses
+    assert all(math.isfinite(v) for v in losses.values())
+    coco_bbox_metrics(output)

@@ -3,6 +3,7 @@
 import torch
 from detectron2.config import CfgNode as CN
 
+from ..methods.codetr.config import add_codetr_config
 from ..modeling.efficientnet import add_efficientnet_config
 
 
@@ -118,6 +119,7 @@ def add_updetr_config(cfg):
     add_dn_config(cfg)
     add_updetr_pretraining_config(cfg)
     add_efficientnet_config(cfg)
+    add_codetr_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.
     cfg.MODEL.DEVICE = default_device()
     # Load MODEL.WEIGHTS files that pickle arbitrary objects (e.g. official DETR / UP-DETR

@@ -1,2 +1,2 @@
 """Methods built on the shared DETR parts; each adds only what it needs."""
-from . import updetr  # noqa: F401  (registers UPDETR)
+from . import codetr, updetr  # noqa: F401  (registers CoDeformableDetr, UPDETR)

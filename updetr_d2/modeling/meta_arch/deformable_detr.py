@@ -154,6 +154,9 @@ class DeformableDetr(SetPredictionDetector):
         self.num_queries = num_queries
         self.two_stage = two_stage
         self.test_topk = test_topk
+        # Stride of every transformer level: the backbone's, then x2 per extra level.
+        extra = transformer.num_feature_levels - len(backbone.strides)
+        self.level_strides = list(backbone.strides) + [backbone.strides[-1] * 2 ** (k + 1) for k in range(extra)]
 
     @classmethod
     def from_config(cls, cfg):
@@ -218,20 +221,28 @@ class DeformableDetr(SetPredictionDetector):
             context["targets"] = self.prepare_targets(batched_inputs, images)
         return self.query_generator(batch, **context)
 
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        encoded = self.transformer.encode(*self.extract_features(images))
-        queries = self.build_queries(batched_inputs, images, encoded)
-        batch = len(images)
-        tgt = per_image(queries.tgt, batch)
+    def decode_queries(self, encoded, queries: QueryBundle, batch: int) -> Dict:
+        """Run ``queries`` through the decoder over ``encoded`` and the heads: the output
+        dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``)."""
         hs, references = self.transformer.decode(
             encoded,
-            tgt,
+            per_image(queries.tgt, batch),
             per_image(queries.reference_points, batch),
             query_pos=per_image(queries.query_pos, batch),
             self_attn_mask=queries.self_attn_mask,
             bbox_embed=self.heads.decoder_box_heads,
         )
-        outputs = self.heads(hs, references)
+        return self.heads(hs, references)
+
+    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
+        encoded = self.transformer.encode(*self.extract_features(images))
+        return self.forward_decoder(batched_inputs, images, encoded)
+
+    def forward_decoder(self, batched_inputs: List[Dict], images: ImageList, encoded) -> Dict:
+        """Queries for the encoded images, decoded; in training with what the losses need
+        of the queries (two-stage proposals' outputs, denoising groups)."""
+        queries = self.build_queries(batched_inputs, images, encoded)
+        outputs = self.decode_queries(encoded, queries, len(images))
         if self.training:
             outputs.update({k: queries.meta[k] for k in ("enc_outputs", "dn") if k in queries.meta})
         return outputs

@@ -1,0 +1,26 @@
+"""Co-Deformable-DETR-R50 as LazyConfig (projects/CoDETR/configs/co_deformable_detr_r50.yaml):
+the two-stage, box-refining Deformable DETR trained with Faster R-CNN and ATSS auxiliary
+heads on its encoder pyramid (strides 8-128) and their customized positive queries."""
+from detectron2.config import LazyCall as L
+
+from updetr_d2.methods.codetr import ATSSAuxHead, CoDeformableDetr, FasterRCNNAuxHead, PositiveQueries
+from updetr_d2.methods.codetr.meta_arch import pyramid_shapes
+
+from .deformable_detr_r50 import model
+
+model._target_ = CoDeformableDetr
+model.update(with_box_refine=True, two_stage=True, query_generator=None)
+model.transformer.two_stage = True
+pyramid = L(pyramid_shapes)(channels="${....hidden_dim}", strides=[8, 16, 32, 64, 128])
+model.aux_heads = [
+    L(FasterRCNNAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
+    L(ATSSAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
+]
+model.positive_queries = L(PositiveQueries)(
+    num_aux_heads=2, hidden_dim="${..hidden_dim}", feature_dim="${..hidden_dim}", anchor_queries=False,
+    with_coord_feat=True,
+)
+model.aux_loss_weight = 12.0  # lambda2 (2) x 6 decoder layers
+model.positive_query_weight = 1.0  # lambda1
+model.min_positive_queries = 9
+model.max_positive_queries = 300
