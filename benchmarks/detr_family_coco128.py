@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""DETR vs Deformable DETR vs DN-Deformable-DETR at an equal iteration budget (not a test).
+"""DETR vs Deformable DETR vs DN-Deformable-DETR vs Co-Deformable-DETR at an equal
+iteration budget (not a test).
 
 Each model is trained on COCO128's train split and evaluated on its val split through
 tools/train_net.py with the same data, input sizes, batch, schedule and iteration count;
-COCO AP / AP50 are printed side by side with the seconds each run took.
+COCO AP / AP50 are printed side by side with the seconds per training iteration and its
+ratio to Deformable DETR's (Detectron2's "Overall training speed"; measured in the same
+run, so compare only runs of one invocation on an otherwise idle machine).
 
     python benchmarks/detr_family_coco128.py --iters 1000
 
 The default models are the demo-sized ones on the ImageNet-pretrained EfficientNet-Lite0
 (128-wide 2+2-layer transformers): configs/demo/detr_effnet_lite0_demo.yaml,
-projects/DeformableDETR/configs/deformable_detr_effnet_lite0_demo.yaml and
-projects/DNDETR/configs/dn_deformable_detr_effnet_lite0_demo.yaml. Extra config overrides
+projects/DeformableDETR/configs/deformable_detr_effnet_lite0_demo.yaml,
+projects/DNDETR/configs/dn_deformable_detr_effnet_lite0_demo.yaml and
+projects/CoDETR/configs/co_deformable_detr_effnet_lite0_demo.yaml (``--models`` picks). Extra config overrides
 (KEY VALUE ...) after the options apply to every run.
 """
 import argparse
@@ -27,6 +31,8 @@ MODELS = {
                                     "deformable_detr_effnet_lite0_demo.yaml"),
     "DN-Deformable DETR": os.path.join(ROOT, "projects", "DNDETR", "configs",
                                        "dn_deformable_detr_effnet_lite0_demo.yaml"),
+    "Co-Deformable DETR": os.path.join(ROOT, "projects", "CoDETR", "configs",
+                                       "co_deformable_detr_effnet_lite0_demo.yaml"),
 }
 
 
@@ -38,8 +44,11 @@ def run(config, opts, log_path):
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - start
     with open(log_path) as f:
-        rows = re.findall(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)", f.read())
+        log = f.read()
+    rows = re.findall(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)", log)
     metrics = dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[-1].split(",")))) if rows else {}
+    speed = re.findall(r"Overall training speed: .*\(([0-9.]+) s / it\)", log)
+    metrics["s_per_iter"] = float(speed[-1]) if speed else float("nan")
     return metrics, seconds
 
 
@@ -67,9 +76,11 @@ def main():
         results[name] = run(MODELS[name], common + ["OUTPUT_DIR", os.path.join(args.output, slug)],
                             os.path.join(args.output, slug + ".log"))
     print(f"\nCOCO128 val after {args.iters} iterations at batch {args.batch} (train split, same schedule):")
+    reference = results.get("Deformable DETR", ({}, 0))[0].get("s_per_iter", float("nan"))
     for name, (metrics, seconds) in results.items():
+        step = metrics["s_per_iter"]
         print(f"  {name:20s} AP {metrics.get('AP', float('nan')):6.2f}   AP50 {metrics.get('AP50', float('nan')):6.2f}"
-              f"   {seconds / 60:5.1f} min")
+              f"   {step:5.2f} s/iter ({step / reference:4.2f}x Deformable DETR)   {seconds / 60:5.1f} min")
 
 
 if __name__ == "__main__":

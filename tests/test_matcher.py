@@ -173,3 +173,11 @@ def test_invalid_configuration():
         HungarianMatcher(class_cost_type="bce")
     with pytest.raises(ValueError, match="all cost weights are 0"):
         HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)
+
+
+def test_labels_outside_the_model_classes_are_named():
+    matcher = HungarianMatcher(class_cost_type="focal")
+    outputs = {"pred_logits": torch.zeros(1, 3, 4), "pred_boxes": torch.full((1, 3, 4), 0.5)}
+    targets = [{"labels": torch.tensor([47]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\).*47.*NUM_CLASSES"):
+        matcher(outputs, targets)

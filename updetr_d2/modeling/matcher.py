@@ -104,6 +104,13 @@ class HungarianMatcher(nn.Module):
         boxes = boxes.flatten(0, 1).float()
         tgt_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
         tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
+        num_classes = logits.shape[-1] - (1 if self.class_cost_type == "ce" else 0)
+        if len(tgt_labels) and (int(tgt_labels.min()) < 0 or int(tgt_labels.max()) >= num_classes):
+            raise ValueError(
+                f"HungarianMatcher: target labels must be in [0, {num_classes}) for a model with "
+                f"{num_classes} classes; got labels from {int(tgt_labels.min())} to {int(tgt_labels.max())} "
+                "(does MODEL.DETR.NUM_CLASSES match the dataset?)"
+            )
 
         terms = {
             "class": (self.cost_class, lambda: self.class_cost(logits, tgt_labels)),
