@@ -108,7 +108,9 @@ class HungarianMatcher(nn.Module):
         if len(tgt_labels) and (int(tgt_labels.min()) < 0 or int(tgt_labels.max()) >= num_classes):
             raise ValueError(
                 f"HungarianMatcher: target labels must be in [0, {num_classes}) for a model with "
-                f"{num_classes} classes; got labels from {int(tgt_labels.min())} to {int(tgt_labels.max())} "
+                f"{num_classes} classes ({logits.shape[-1]} logits"
+                + (", the last one no-object" if self.class_cost_type == "ce" else "")
+                + f"); got labels from {int(tgt_labels.min())} to {int(tgt_labels.max())} "
                 "(does MODEL.DETR.NUM_CLASSES match the dataset?)"
             )
 
