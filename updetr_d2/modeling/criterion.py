@@ -65,12 +65,23 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 
-__all__ = ["LossTerm", "LabelCrossEntropy", "LabelFocal", "BoxL1GIoU", "SetCriterion"]
+__all__ = ["average_over_workers", "LossTerm", "LabelCrossEntropy", "LabelFocal", "BoxL1GIoU", "SetCriterion"]
 
 Indices = Sequence[Tuple[Tensor, Tensor]]
 
 
 # --- helpers for loss terms -------------------------------------------------------
+def average_over_workers(values: Tensor) -> Tensor:
+    """The sum over workers divided by the world size (``values`` itself on one process):
+    loss normalisers (box, positive counts) computed this way are the same on every
+    worker, so DDP's gradient averaging is exact."""
+    world_size = comm.get_world_size()
+    if world_size > 1:
+        values = values.clone()
+        torch.distributed.all_reduce(values)
+    return values / world_size
+
+
 def matched_pred_index(indices: Indices, device) -> Tuple[Tensor, Tensor]:
     """(batch_idx, pred_idx) to gather matched predictions out of a [B, Q, ...] tensor."""
     batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
@@ -249,13 +260,9 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def get_num_boxes(targets: Sequence[Dict[str, Tensor]], device) -> float:
-        """Target boxes per worker, averaged over workers so every worker divides by the
-        same number (gradients then average correctly under DDP); at least 1."""
+        """Target boxes per worker, averaged over workers (see :func:`average_over_workers`); at least 1."""
         num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        world_size = comm.get_world_size()
-        if world_size > 1:
-            torch.distributed.all_reduce(num_boxes)
-        return max(num_boxes.item() / world_size, 1.0)
+        return max(average_over_workers(num_boxes).item(), 1.0)
 
     def _weighted(self, term: LossTerm, losses: Dict[str, Tensor], suffix: str, out: Dict[str, Tensor]):
         for key, value in losses.items():

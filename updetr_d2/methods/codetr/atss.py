@@ -34,11 +34,11 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
-from detectron2.utils import comm
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...modeling.criterion import average_over_workers
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples
 
 __all__ = ["ATSSAssignment", "ATSSAuxHead", "add_atss_config", "assign_atss", "centerness_targets"]
@@ -207,15 +207,6 @@ def centerness_targets(points: Tensor, boxes: Tensor) -> Tensor:
     return torch.sqrt(
         (lr.min(dim=1).values / lr.max(dim=1).values) * (tb.min(dim=1).values / tb.max(dim=1).values)
     )
-
-
-def _average_over_workers(values: Tensor) -> List[float]:
-    """Sum over workers / world size (every worker then normalises by the same number, so
-    DDP's gradient averaging is exact), as ``SetCriterion.get_num_boxes``."""
-    world_size = comm.get_world_size()
-    if world_size > 1:
-        torch.distributed.all_reduce(values)
-    return (values / world_size).tolist()
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
@@ -497,9 +488,9 @@ class ATSSAuxHead(AuxHead):
         pos_targets = target_boxes.float()[pos]
         pos_ctr_targets = centerness_targets((pos_anchors[:, :2] + pos_anchors[:, 2:]) / 2, pos_targets)
 
-        num_pos, ctr_sum = _average_over_workers(
+        num_pos, ctr_sum = average_over_workers(
             torch.stack([pos.sum().float(), pos_ctr_targets.sum()]).to(pred_logits.device)
-        )
+        ).tolist()
         num_pos = max(num_pos, 1.0)
 
         onehot = F.one_hot(labels, self.num_classes + 1)[..., : self.num_classes].to(pred_logits.dtype)

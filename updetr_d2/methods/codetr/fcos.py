@@ -52,8 +52,8 @@ from detectron2.modeling.box_regression import Box2BoxTransformLinear, _dense_bo
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils import comm
 
+from ...modeling.criterion import average_over_workers
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples
 
 __all__ = ["FCOSAuxHead", "add_fcos_config", "fcos_assign", "fcos_centerness_targets", "point_level_ranges"]
@@ -166,11 +166,7 @@ def _group_norm_32(channels: int) -> nn.GroupNorm:
 def _num_positives(num_pos: int, device) -> float:
     """Positives per worker averaged over workers (each divides by the same number so
     DDP's gradient average is right), at least 1; as ``SetCriterion.get_num_boxes``."""
-    n = torch.as_tensor([float(num_pos)], device=device)
-    world_size = comm.get_world_size()
-    if world_size > 1:
-        torch.distributed.all_reduce(n)
-    return max(n.item() / world_size, 1.0)
+    return max(average_over_workers(torch.as_tensor([float(num_pos)], device=device)).item(), 1.0)
 
 
 @AUX_HEAD_REGISTRY.register()
