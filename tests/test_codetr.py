@@ -10,13 +10,14 @@ from fvcore.nn import FlopCountAnalysis
 import updetr_d2  # noqa: F401
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.methods.codetr.aux_heads import PositiveSamples
 from updetr_d2.methods.codetr.positive_queries import PositiveQueries, select_positive_queries
 from updetr_d2.modeling.criterion import BoxL1GIoU, SetCriterion
 from updetr_d2.modeling.matcher import HungarianMatcher
+
+from helpers import fake_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODETR = os.path.join(ROOT, "projects", "CoDETR", "configs")
@@ -104,14 +105,6 @@ def tiny_cfg(heads=("FasterRCNNAuxHead", "ATSSAuxHead", "FCOSAuxHead"), variant=
     cfg.MODEL.CO_DETR.MAX_POSITIVE_QUERIES = 30
     cfg.MODEL.DEVICE = "cpu"
     return cfg
-
-
-def fake_input(h, w, boxes, classes, seed=0):
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    image = torch.randint(0, 255, (3, h, w), generator=torch.Generator().manual_seed(seed)).float()
-    return {"image": image, "instances": inst, "height": h, "width": w}
 
 
 def batch():

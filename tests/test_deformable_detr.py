@@ -10,12 +10,13 @@ import torch
 import updetr_d2  # noqa: F401
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.layers.deformable_transformer import DeformableTransformer
 from updetr_d2.modeling.denoising import DenoisingQueries
 from updetr_d2.solver import build_optimizer, detr_param_groups
+
+from helpers import fake_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFORMABLE = os.path.join(ROOT, "projects", "DeformableDETR", "configs")
@@ -39,14 +40,6 @@ def tiny_cfg(variant="plain", **dn):
     cfg.SOLVER.BASE_LR = 1e-3
     cfg.MODEL.DEVICE = "cpu"
     return cfg
-
-
-def fake_input(h, w, boxes, classes, seed=0):
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    image = torch.randint(0, 255, (3, h, w), generator=torch.Generator().manual_seed(seed)).float()
-    return {"image": image, "instances": inst, "height": h, "width": w}
 
 
 def batch_of_three():
