@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_ops import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import sine_embed_coordinates
-from .transformer import MultiheadAttention, _activation, build_attention_mask
+from .transformer import MultiheadAttention, _activation, _with_pos, build_attention_mask
 
 __all__ = [
     "DeformableEncoderLayer",
@@ -45,10 +44,6 @@ __all__ = [
     "DeformableTransformer",
     "EncodedLevels",
 ]
-
-
-def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
-    return x if pos is None else x + pos
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -391,9 +386,3 @@ class DeformableTransformer(nn.Module):
             self_attn_mask=self_attn_mask,
             bbox_embed=bbox_embed,
         )
-
-
-def level_padding_mask(mask: Tensor, size) -> Tensor:
-    """A padding mask [B, H, W] resized (nearest) to a feature map's size."""
-    return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
-

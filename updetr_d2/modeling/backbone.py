@@ -18,6 +18,11 @@ def padding_mask(images: ImageList) -> torch.Tensor:
     return mask
 
 
+def level_padding_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """A padding mask [B, H, W] resized (nearest) to a feature map's size."""
+    return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
+
+
 class MaskedBackbone(nn.Module):
     """Runs ``backbone`` and returns ``[(feature, mask), ...]`` for ``in_features``,
     each mask downsampled to its feature map's size."""
@@ -41,9 +46,5 @@ class MaskedBackbone(nn.Module):
 
     def forward(self, images: ImageList) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         features = self.backbone(images.tensor)
-        mask = padding_mask(images)[None].float()
-        out = []
-        for name in self.in_features:
-            x = features[name]
-            out.append((x, F.interpolate(mask, size=x.shape[-2:]).to(torch.bool)[0]))
-        return out
+        mask = padding_mask(images)
+        return [(features[n], level_padding_mask(mask, features[n].shape[-2:])) for n in self.in_features]

@@ -8,19 +8,30 @@ from updetr_d2.methods.codetr.meta_arch import pyramid_shapes
 
 from .deformable_detr_r50 import model
 
-model._target_ = CoDeformableDetr
+
+
+def add_co_detr(model, num_decoder_layers: int, lambda1: float = 1.0, lambda2: float = 2.0):
+    """Turn a Deformable DETR node into Co-DETR: Faster R-CNN and ATSS heads on the encoder
+    pyramid (strides 8-128: 4 encoder levels + 1) and their positive queries. A function,
+    so that the config files that use it get no extra top-level node."""
+    model._target_ = CoDeformableDetr
+    # Interpolations are relative to where the nodes end up (model.aux_heads[i].input_shape).
+    pyramid = L(pyramid_shapes)(channels="${....hidden_dim}", strides=[8, 16, 32, 64, 128])
+    model.aux_heads = [
+        L(FasterRCNNAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
+        L(ATSSAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
+    ]
+    model.positive_queries = L(PositiveQueries)(
+        num_aux_heads=2, hidden_dim="${..hidden_dim}", feature_dim="${..hidden_dim}", anchor_queries=False,
+        with_coord_feat=True,
+    )
+    model.aux_loss_weight = lambda2 * num_decoder_layers  # the paper's lambda2 per decoder layer
+    model.positive_query_weight = lambda1
+    model.min_positive_queries = 9
+    model.max_positive_queries = 300
+    return model
+
+
 model.update(with_box_refine=True, two_stage=True, query_generator=None)
 model.transformer.two_stage = True
-pyramid = L(pyramid_shapes)(channels="${....hidden_dim}", strides=[8, 16, 32, 64, 128])
-model.aux_heads = [
-    L(FasterRCNNAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
-    L(ATSSAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
-]
-model.positive_queries = L(PositiveQueries)(
-    num_aux_heads=2, hidden_dim="${..hidden_dim}", feature_dim="${..hidden_dim}", anchor_queries=False,
-    with_coord_feat=True,
-)
-model.aux_loss_weight = 12.0  # lambda2 (2) x 6 decoder layers
-model.positive_query_weight = 1.0  # lambda1
-model.min_positive_queries = 9
-model.max_positive_queries = 300
+add_co_detr(model, num_decoder_layers=6)

@@ -18,9 +18,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from ...layers.deformable_transformer import DeformableTransformer, level_padding_mask
+from ...layers.deformable_transformer import DeformableTransformer
 from ...layers.position_encoding import PositionEmbeddingSine
-from ..backbone import MaskedBackbone, padding_mask
+from ..backbone import MaskedBackbone, level_padding_mask, padding_mask
 from ..criterion import BoxL1GIoU, LabelFocal, SetCriterion
 from ..denoising import DenoisingQueries, dn_losses
 from ..heads import BoxRefinementHeads
