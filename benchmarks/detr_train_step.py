@@ -79,11 +79,9 @@ def ours(images, targets):
         optimizer.step()
 
     step_time = median_time(step, args.steps)
-    images_list = model.preprocess_image(inputs)
     with torch.no_grad():
-        outputs = model.forward_outputs(inputs, images_list)
-    outputs = {k: v for k, v in outputs.items()}
-    prepared = model.prepare_targets(inputs, images_list)
+        state = model.run_phases(inputs)
+    outputs, prepared = state.outputs, state.targets
 
     def criterion():
         with storage:

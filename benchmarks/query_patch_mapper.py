@@ -28,7 +28,7 @@ import updetr_d2  # noqa: E402,F401
 from detectron2.data import DatasetCatalog  # noqa: E402
 from updetr_d2.data.datasets import load_unlabeled_folder  # noqa: E402
 from updetr_d2.data.datasets.demo import ensure_demo_dataset  # noqa: E402
-from updetr_d2.data.mappers import QueryPatchDatasetMapper  # noqa: E402
+from updetr_d2.methods.updetr import QueryPatchDatasetMapper  # noqa: E402
 
 PHASES = ("decode", "patches", "resize")
 

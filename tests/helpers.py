@@ -11,3 +11,19 @@ def fake_input(h, w, boxes, classes, seed=0):
     inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
     image = torch.randint(0, 255, (3, h, w), generator=torch.Generator().manual_seed(seed)).float()
     return {"image": image, "instances": inst, "height": h, "width": w}
+
+
+def dn_group_mask(num_dn_groups, group_size, num_matching):
+    """DN-DETR's mask over [dn (num_dn_groups * group_size), match (num_matching)], bool,
+    True = blocked, written directly from the paper's rules as a reference: DN groups do
+    not see each other, matching queries see no DN query, DN queries see their own group
+    and every matching query; nothing blocked without ground truth (group_size 0)."""
+    dn = num_dn_groups * group_size
+    total = dn + num_matching
+    blocked = torch.zeros(total, total, dtype=torch.bool)
+    blocked[dn:, :dn] = True
+    for g in range(num_dn_groups):
+        s = slice(g * group_size, (g + 1) * group_size)
+        blocked[s, :dn] = True
+        blocked[s, s] = False
+    return blocked

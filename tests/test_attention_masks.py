@@ -3,21 +3,26 @@
 import pytest
 import torch
 
+import updetr_d2  # noqa: F401
 from updetr_d2.layers.transformer import Transformer
+from updetr_d2.methods.updetr.groups import contiguous_group_sizes, contiguous_groups, updetr_group_mask
 from updetr_d2.modeling.attention_masks import (
     QueryLayout,
     Segment,
     build_self_attn_mask,
-    contiguous_group_sizes,
-    contiguous_groups,
-    dn_group_mask,
     expand_to_heads,
     isolate,
     pad_invalid,
-    separate_segments,
-    updetr_group_mask,
     within_groups,
 )
+
+from helpers import dn_group_mask
+
+
+def separate_segments(*names):
+    """No attention between any two of the segments, either way (a one-pass Co-DETR
+    layout), as ``isolate`` rules."""
+    return [isolate(a, b) for a in names for b in names if a != b]
 
 
 def _golden(*rows):
@@ -244,7 +249,14 @@ def test_dn_golden_two_groups_of_two_three_matching():
         "xxxx...",
         "xxxx...",
     )
+    assert torch.equal(_dn_mask(2, 2, 3), expected)
     assert torch.equal(dn_group_mask(2, 2, 3), expected)
+
+
+def _dn_mask(num_groups, group_size, num_matching):
+    """The DN mask as the denoising generator builds it (methods/dn/queries.py)."""
+    layout = _dn_layout(num_groups, group_size, num_matching)
+    return build_self_attn_mask(layout, [within_groups("dn"), isolate("match", "dn")])
 
 
 def _dn_layout(num_groups, group_size, num_matching):
@@ -273,7 +285,7 @@ def test_dn_matches_the_reference_formula(num_groups, group_size, num_matching):
 
 
 def test_dn_without_ground_truth_blocks_nothing():
-    m = dn_group_mask(5, 0, 4)
+    m = _dn_mask(5, 0, 4)
     assert m.shape == (4, 4) and not m.any()
 
 
@@ -292,7 +304,7 @@ def _codetr_layout():
 
 
 CODETR_RULES = [
-    separate_segments("match", "pos_0", "pos_1"),
+    *separate_segments("match", "pos_0", "pos_1"),
     pad_invalid("pos_0"),
     pad_invalid("pos_1"),
 ]
@@ -331,7 +343,7 @@ def test_codetr_properties():
         segments.append(Segment(f"pos_{k}", n, valid=valid))
     layout = QueryLayout(segments)
     names = [s.name for s in segments]
-    rules = [separate_segments(*names)] + [pad_invalid(n) for n in names[1:]]
+    rules = separate_segments(*names) + [pad_invalid(n) for n in names[1:]]
     m = build_self_attn_mask(layout, rules)
     assert m.shape == (B, layout.num_queries, layout.num_queries)
     for a in names:
@@ -404,7 +416,7 @@ def test_dn_mask_hides_dn_queries_from_matching_queries():
     model = _tiny_transformer()
     src, mask, pos = _image_inputs()
     G, S, N, B = 2, 2, 3, 2
-    blocked = dn_group_mask(G, S, N)
+    blocked = _dn_mask(G, S, N)
     query_pos = torch.randn(B, G * S + N, D, generator=torch.Generator().manual_seed(3))
     hs, _ = model(src, mask, query_pos, pos, self_attn_mask=blocked)
     qp = query_pos.clone()

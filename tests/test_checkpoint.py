@@ -1,5 +1,5 @@
 """ResNet weights in the formats users have (torchvision, SwAV, MoCo, DINO, Detectron2
-.pkl) load through UpdetrCheckpointer; unsafe pickles need an explicit flag; the
+.pkl) load through DetrCheckpointer; unsafe pickles need an explicit flag; the
 project's own checkpoints load as before. Synthetic weights only, CPU."""
 import argparse
 import importlib.util
@@ -22,8 +22,8 @@ from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import CosineParamScheduler
 from updetr_d2 import add_updetr_config
 from updetr_d2.checkpoint import (
+    DetrCheckpointer,
     UnsafeCheckpointError,
-    UpdetrCheckpointer,
     convert_resnet_state_dict,
     load_checkpoint_file,
 )
@@ -157,7 +157,7 @@ def test_torchvision_pth_loads_into_detectron2_resnet(tmp_path, tv_state, tv_fea
     path = str(tmp_path / "resnet50.pth")
     torch.save(tv_state, path)
     model = d2_resnet50(norm, freeze_at)
-    ckpt = UpdetrCheckpointer(model)
+    ckpt = DetrCheckpointer(model)
     checkpoint = ckpt._load_file(path)
     assert checkpoint["__author__"] == "updetr_d2 converted from torchvision"
     assert checkpoint["matching_heuristics"] is True
@@ -183,7 +183,7 @@ def test_torchvision_pth_loads_into_detr_r50(tmp_path, tv_state, tv_features, ca
     cfg.merge_from_file(os.path.join(ROOT, "configs", "detr", "detr_r50.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     detr = build_model(cfg).eval()
-    ckpt = UpdetrCheckpointer(detr)
+    ckpt = DetrCheckpointer(detr)
     with caplog.at_level("INFO"):
         ckpt.load(path)
     assert "Converted ResNet weights" in caplog.text and "fc.weight" in caplog.text
@@ -214,7 +214,7 @@ def test_self_supervised_formats_convert_and_load(tmp_path, tv_state, tv_feature
     assert report.skipped_unknown == []
 
     model = d2_resnet50("BN")
-    ckpt = UpdetrCheckpointer(model)
+    ckpt = DetrCheckpointer(model)
     incompatible = ckpt._load_model(ckpt._load_file(path))
     assert all(k.endswith("num_batches_tracked") for k in incompatible.missing_keys)
     assert ckpt.conversion_report.format == fmt
@@ -275,19 +275,19 @@ def test_pickled_namespace_needs_the_flag(tmp_path, tv_state):
     msg = str(e.value)
     assert path in msg and "allow_unsafe=True" in msg and "MODEL.ALLOW_UNSAFE_CHECKPOINTS" in msg
     with pytest.raises(UnsafeCheckpointError):
-        UpdetrCheckpointer(d2_resnet50("BN")).load(path)
+        DetrCheckpointer(d2_resnet50("BN")).load(path)
     assert load_checkpoint_file(path, allow_unsafe=True)["args"].arch == "resnet50"
     model = d2_resnet50("BN")
-    UpdetrCheckpointer(model, allow_unsafe=True).load(path)
+    DetrCheckpointer(model, allow_unsafe=True).load(path)
     assert torch.equal(model.state_dict()["res3.1.conv2.weight"], tv_state["layer2.1.conv2.weight"])
 
 
 def test_from_config_reads_the_flag(tmp_path, tv_state):
     cfg = get_cfg()
     add_updetr_config(cfg)
-    assert UpdetrCheckpointer.from_config(cfg, nn.Linear(1, 1)).allow_unsafe is False
+    assert DetrCheckpointer.from_config(cfg, nn.Linear(1, 1)).allow_unsafe is False
     cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = True
-    assert UpdetrCheckpointer.from_config(cfg, nn.Linear(1, 1)).allow_unsafe is True
+    assert DetrCheckpointer.from_config(cfg, nn.Linear(1, 1)).allow_unsafe is True
 
 
 def zoo_arrays(tv_state):
@@ -301,7 +301,7 @@ def test_detectron2_pkl_loads_with_restricted_unpickler(tmp_path, tv_state, tv_f
         pickle.dump({"model": zoo_arrays(tv_state), "__author__": "Detectron2 Model Zoo",
                      "matching_heuristics": True}, f, protocol=2)
     model = d2_resnet50("BN")
-    UpdetrCheckpointer(model).load(path)
+    DetrCheckpointer(model).load(path)
     x, tv_feats = tv_features
     with torch.no_grad():
         feats = model(x)
@@ -312,7 +312,7 @@ def test_detectron2_pkl_loads_with_restricted_unpickler(tmp_path, tv_state, tv_f
                                    "conv1_w_momentum": np.zeros(1, np.float32)}}, protocol=2)
     with open(c2, "wb") as f:
         f.write(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
-    loaded = UpdetrCheckpointer(model)._load_file(c2)
+    loaded = DetrCheckpointer(model)._load_file(c2)
     assert loaded["__author__"] == "Caffe2" and list(loaded["model"]) == ["conv1_w"]
 
 
@@ -356,7 +356,7 @@ def test_detectron2_training_checkpoint_loads_exactly(tmp_path):
 
     restored = d2_r18(1)
     opt2, sched2 = training_state(restored)
-    ckpt = UpdetrCheckpointer(restored, str(tmp_path), optimizer=opt2, scheduler=sched2)
+    ckpt = DetrCheckpointer(restored, str(tmp_path), optimizer=opt2, scheduler=sched2)
     extra = ckpt.resume_or_load("", resume=True)
     assert ckpt.conversion_report is None and extra["iteration"] == 5
     for (k, a), (k2, b) in zip(model.state_dict().items(), restored.state_dict().items()):
@@ -368,7 +368,7 @@ def test_detectron2_training_checkpoint_loads_exactly(tmp_path):
     # A bare model save (as the tests/tools of this project do) loads the same way.
     DetectionCheckpointer(model, str(tmp_path)).save("bare")
     again = d2_r18(2)
-    UpdetrCheckpointer(again).load(str(tmp_path / "bare.pth"))
+    DetrCheckpointer(again).load(str(tmp_path / "bare.pth"))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
@@ -381,7 +381,7 @@ def test_model_with_torchvision_names_gets_the_file_unconverted(tmp_path, tv_sta
     path = str(tmp_path / "tv.pth")
     torch.save({"body." + k: v for k, v in tv_state.items()}, path)
     model = Wrapper()
-    ckpt = UpdetrCheckpointer(model)
+    ckpt = DetrCheckpointer(model)
     ckpt.load(path)
     assert ckpt.conversion_report is None
     assert torch.equal(model.body.layer3[0].conv2.weight, tv_state["layer3.0.conv2.weight"])
@@ -411,7 +411,7 @@ def test_convert_tool_writes_a_detectron2_checkpoint(tmp_path, tv_state, tv_feat
     assert saved["matching_heuristics"] is True and "moco" in saved["__author__"]
     assert len(saved["model"]) == 265 and "res4.5.conv3.norm.running_var" in saved["model"]
     model = d2_resnet50("FrozenBN")
-    UpdetrCheckpointer(model).load(dst)
+    DetrCheckpointer(model).load(dst)
     x, tv_feats = tv_features
     with torch.no_grad():
         feats = model(x)

@@ -147,15 +147,16 @@ def test_aux_losses_alone_reach_the_encoder():
 def test_main_branch_is_independent_of_the_auxiliary_passes():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
-    images = model.preprocess_image(batch())
     with EventStorage(), torch.no_grad():
         torch.manual_seed(1)
-        with_aux = model.forward_outputs(batch(), images)
-        encoded = model.transformer.encode(*model.extract_features(images))
-        alone = model.forward_decoder(batch(), images, encoded)
-    assert len(with_aux.pop("co_detr")) == 3
+        state = model.run_phases(batch())
+        losses = model.losses(state)  # the auxiliary heads and positive-query passes run here
+        torch.manual_seed(1)
+        alone = model.run_phases(batch()).outputs
+    heads = {h.name for h in model.aux_heads}
+    assert len(heads) == 3 and all(any(k.endswith(f"_co_{h}") for k in losses) for h in heads)
     for key in ("pred_logits", "pred_boxes"):
-        torch.testing.assert_close(with_aux[key], alone[key])
+        torch.testing.assert_close(state.outputs[key], alone[key])
 
 
 def test_inference_is_the_base_detector():

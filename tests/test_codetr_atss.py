@@ -12,12 +12,8 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, ImageList, Instances
 
-from updetr_d2.methods.codetr.atss import (
-    ATSSAuxHead,
-    add_atss_config,
-    assign_atss,
-    centerness_targets,
-)
+from updetr_d2.methods.codetr.atss import ATSSAuxHead, add_atss_config, centerness_targets
+from updetr_d2.methods.codetr.atss_assign import assign_atss
 from updetr_d2.methods.codetr.aux_heads import AUX_HEAD_REGISTRY, PositiveSamples, build_aux_head
 
 LEVELS = ["p3", "p4", "p5", "p6", "p7"]

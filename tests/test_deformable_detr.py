@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.layers.deformable_transformer import DeformableTransformer
-from updetr_d2.modeling.denoising import DenoisingQueries
+from updetr_d2.methods.dn import DenoisingQueries
 from updetr_d2.solver import build_optimizer, detr_param_groups
 
 from helpers import fake_input
@@ -129,8 +129,8 @@ def test_dn_is_training_only_same_weights_same_inference():
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
     # In training the DN part is there: more decoder queries than the matching ones.
     with_dn.train()
-    outputs = with_dn.forward_outputs(batch_of_three(), with_dn.preprocess_image(batch_of_three()))
-    groups = outputs["dn"]
+    state = with_dn.run_phases(batch_of_three())
+    outputs, groups = state.outputs, state.queries.meta["dn"]
     assert groups.num_queries == 5 * 2  # 5 groups x the batch's largest object count
     assert outputs["pred_logits"].shape[1] == 10 + 10
 
@@ -142,13 +142,13 @@ def test_matching_queries_do_not_see_denoising_queries():
     model = build_model(tiny_cfg("dn")).train()
     model.backbone.eval()  # GroupNorm has no batch statistics; be explicit anyway
     batch = batch_of_three()
-    images = model.preprocess_image(batch)
     with torch.no_grad():
-        with_dn = model.forward_outputs(batch, images)
-        _, matching = with_dn["dn"].split(with_dn)
+        state = model.run_phases(batch)
+        _, matching = state.queries.meta["dn"].split(state.outputs)
         model.query_generator.num_groups = 0  # the same model, denoising off
-        plain = model.forward_outputs(batch, images)
-    assert "dn" not in plain or plain["dn"].num_queries == 0
+        plain_state = model.run_phases(batch)
+        plain = plain_state.outputs
+    assert "dn" not in plain_state.queries.meta
     for key in ("pred_logits", "pred_boxes"):
         torch.testing.assert_close(matching[key], plain[key], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(matching["aux_outputs"][0][key], plain["aux_outputs"][0][key],
@@ -169,11 +169,10 @@ def test_zero_noise_denoising_queries_decode_to_the_ground_truth():
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
-        images = model.preprocess_image(batch)
-        outputs = model.forward_outputs(batch, images)
-    groups = outputs["dn"]
+        state = model.run_phases(batch)
+    outputs, groups = state.outputs, state.queries.meta["dn"]
     dn, _ = groups.split(outputs)
-    targets = model.prepare_targets(batch, images)
+    targets = state.targets
     for b, (slots, gt) in enumerate(groups.indices()):
         boxes = dn["pred_boxes"][b, slots]
         assert (boxes - targets[b]["boxes"][gt]).abs().max() < 0.03
@@ -254,10 +253,9 @@ def test_transformer_output_does_not_depend_on_batch_padding():
 def test_two_stage_never_picks_padding_or_border_proposals():
     torch.manual_seed(0)
     model = build_model(tiny_cfg("two_stage")).eval()
-    images = model.preprocess_image([{"image": torch.rand(3, 64, 64) * 255},
-                                     {"image": torch.rand(3, 128, 160) * 255}])
+    inputs = [{"image": torch.rand(3, 64, 64) * 255}, {"image": torch.rand(3, 128, 160) * 255}]
     with torch.no_grad():
-        encoded = model.transformer.encode(*model.extract_features(images))
+        encoded = model.run_phases(inputs).memory
         _, proposals, usable = model.transformer.encoder_proposals(encoded)
         assert usable[0].sum() < usable[1].sum()  # the small image's padding is unusable
         assert torch.isinf(proposals[~usable]).all() and torch.isfinite(proposals[usable]).all()

@@ -276,7 +276,7 @@ def test_updetr_pretraining_configs_build_the_same_model_and_train():
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     backbone_before = {k: v.clone() for k, v in from_yaml.backbone.state_dict().items()}
     g = torch.Generator().manual_seed(1)
-    num_patches = cfg.MODEL.UPDETR.NUM_PATCHES
+    num_patches = cfg.INPUT.QUERY_PATCH.NUM_PATCHES
     batch = []
     for _ in range(2):
         xy = torch.rand(num_patches, 2, generator=g) * torch.tensor([48.0, 32.0])

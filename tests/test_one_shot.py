@@ -1,5 +1,5 @@
 """One-shot detection (UP-DETR section 6): the query/target mapper, the AP50 protocol and
-one training step of a one-patch UPDETR."""
+one training step of a one-patch UpDetr."""
 import copy
 import importlib.util
 import math
@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.data.mappers import MAPPER_REGISTRY, build_dataset_mapper
-from updetr_d2.methods.updetr import UPDETR, OneShotDatasetMapper, evaluate_one_shot
+from updetr_d2.methods.updetr import OneShotDatasetMapper, UpDetr, evaluate_one_shot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.yaml")
@@ -162,7 +162,7 @@ def one_shot_cfg(**overrides):
     d = cfg.MODEL.DETR
     d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS = 32, 2, 64, 1, 2
     d.NUM_OBJECT_QUERIES = 8
-    cfg.MODEL.UPDETR.NUM_PATCHES = 1
+    cfg.INPUT.QUERY_PATCH.NUM_PATCHES = 1
     cfg.MODEL.UPDETR.FEATURE_RECONSTRUCTION = False
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (TRAIN,), (VAL,)
@@ -191,7 +191,7 @@ def test_one_patch_updetr_trains_on_mapper_output():
     torch.manual_seed(0)
     cfg = one_shot_cfg()
     model = build_model(cfg)
-    assert isinstance(model, UPDETR) and model.feature_align is None
+    assert isinstance(model, UpDetr) and model.feature_align is None
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SOLVER.IMS_PER_BATCH = 2
     loader = build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))

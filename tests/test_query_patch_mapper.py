@@ -14,28 +14,24 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from updetr_d2 import add_updetr_config
-from updetr_d2.data.mappers import (
-    MAPPER_REGISTRY,
+from updetr_d2.data.mappers import MAPPER_REGISTRY, build_dataset_mapper
+from updetr_d2.methods.updetr import (
+    UPDETR_MAX_SIZE,
+    UPDETR_MIN_SIZES,
     QueryPatchDatasetMapper,
     augment_patches,
-    build_dataset_mapper,
     crop_and_resize_patches,
     sample_patch_boxes,
 )
-from updetr_d2.data.mappers.query_patch import UPDETR_MAX_SIZE, UPDETR_MIN_SIZES
 
 # ----------------------------------------------------------------------------- helpers
-QP_DEFAULTS = dict(SIZE=128, MIN_SIDE=8, MAX_FRACTION=1.0, ASPECT_RANGE=(), AUGMENT=True, SEED=-1)
+QP_DEFAULTS = dict(NUM_PATCHES=10, SIZE=128, MIN_SIDE=8, MAX_FRACTION=1.0, ASPECT_RANGE=(), AUGMENT=True, SEED=-1)
 
 
 def qp_cfg(**qp_overrides):
     """A config with the mapper's keys, added here when the defaults lack them."""
     cfg = get_cfg()
     add_updetr_config(cfg)
-    if "UPDETR" not in cfg.MODEL:
-        cfg.MODEL.UPDETR = CN()
-    if "NUM_PATCHES" not in cfg.MODEL.UPDETR:
-        cfg.MODEL.UPDETR.NUM_PATCHES = 10
     if "QUERY_PATCH" not in cfg.INPUT:
         cfg.INPUT.QUERY_PATCH = CN()
     for key, value in QP_DEFAULTS.items():
@@ -343,7 +339,7 @@ def test_from_config_and_registry(tmp_path):
     assert tuple(resize.short_edge_length) == UPDETR_MIN_SIZES and resize.max_size == UPDETR_MAX_SIZE
 
     cfg = qp_cfg(SIZE=16, MIN_SIDE=4, MAX_FRACTION=0.5, ASPECT_RANGE=[0.5, 2], AUGMENT=False, SEED=3)
-    cfg.MODEL.UPDETR.NUM_PATCHES = 4
+    cfg.INPUT.QUERY_PATCH.NUM_PATCHES = 4
     cfg.INPUT.MIN_SIZE_TEST = 50
     cfg.INPUT.MAX_SIZE_TEST = 70
     m = build_dataset_mapper(cfg, is_train=False)

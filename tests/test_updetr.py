@@ -13,7 +13,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
-from updetr_d2.methods.updetr import FeatureReconstruction, PatchQueries, UPDETR
+from updetr_d2.config import run_config_checks
+from updetr_d2.methods.updetr import UPDETR, FeatureReconstruction, PatchQueries, UpDetr
 from updetr_d2.solver import build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def tiny(config=PRETRAIN, **overrides):
     d = cfg.MODEL.DETR
     d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS = 32, 2, 64, 1, 2
     d.NUM_OBJECT_QUERIES = 8
-    cfg.MODEL.UPDETR.NUM_PATCHES = 3
+    cfg.INPUT.QUERY_PATCH.NUM_PATCHES = 3
     cfg.MODEL.DEVICE = "cpu"
     cfg.merge_from_list([item for pair in overrides.items() for item in pair])
     return cfg
@@ -50,7 +51,7 @@ def patch_input(num_patches=3, h=64, w=96, seed=0):
 def test_training_step_gives_all_losses():
     torch.manual_seed(0)
     model = build_model(tiny())
-    assert isinstance(model, UPDETR) and model.heads.class_embed.out_features == 2
+    assert isinstance(model, UpDetr) and model.heads.class_embed.out_features == 2
     with EventStorage():
         losses = model([patch_input(seed=1), patch_input(seed=2)])
     expected = {f"loss_{n}{s}" for n in ("ce", "bbox", "giou", "feature") for s in ("", "_0")}
@@ -97,17 +98,18 @@ def test_changing_one_patch_changes_only_its_group():
     b = dict(a, patches=a["patches"].clone())
     b["patches"][1] = 255 - b["patches"][1]  # patch 1 only
     with torch.no_grad():
-        out_a = model.forward_outputs([a], model.preprocess_image([a]))
-        out_b = model.forward_outputs([b], model.preprocess_image([b]))
-    groups = out_a["query_groups"]
+        state_a = model.run_phases([a])
+        out_a, out_b = state_a.outputs, model.run_phases([b]).outputs
+    groups = state_a.queries.meta["query_groups"]
     changed = (out_a["pred_boxes"][0] != out_b["pred_boxes"][0]).any(-1)
     assert changed[groups == 1].all()
     assert not changed[groups != 1].any()
 
 
 def test_more_patches_than_queries_is_a_config_error():
+    cfg = tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 9, "INPUT.DATASET_MAPPER": "QueryPatchDatasetMapper"})
     with pytest.raises(ValueError, match="NUM_PATCHES=9 .*NUM_OBJECT_QUERIES=8"):
-        build_model(tiny(**{"MODEL.UPDETR.NUM_PATCHES": 9}))
+        run_config_checks(cfg)  # what tools/train_net.py runs before building anything
     model = build_model(tiny()).eval()
     with pytest.raises(ValueError, match="more patches"):
         model([patch_input(num_patches=9)])
@@ -156,15 +158,14 @@ def test_unfrozen_backbone_gets_no_gradient_from_the_reconstruction_target():
     torch.manual_seed(0)
     model = build_model(tiny(**{"MODEL.UPDETR.FREEZE_BACKBONE": False})).train()
     inputs = [patch_input(seed=6)]
-    images = model.preprocess_image(inputs)
     term, indices = FeatureReconstruction(), [(torch.arange(3), torch.arange(3))]
     grads = []
     for detach in (False, True):
         torch.manual_seed(1)  # same query dropout
         with EventStorage():
-            outputs = model.forward_outputs(inputs, images)
-        features = outputs["patch_features"]
-        targets = model.prepare_targets(inputs, images)
+            state = model.run_phases(inputs)
+        outputs, features = state.outputs, state.queries.meta["patch_features"]
+        targets = state.targets
         targets[0]["features"] = features[0].detach() if detach else features[0]
         loss = term(outputs, targets, indices, 3.0)["loss_feature"]
         grads.append(torch.autograd.grad(loss, features)[0])
@@ -209,11 +210,11 @@ def test_demo_pretraining_configs_build_the_same_model():
     cfg.merge_from_file(PRETRAIN)
     lazy = LazyConfig.load(PRETRAIN.replace(".yaml", ".py"))
     from_yaml, from_lazy = build_model(cfg), instantiate(lazy.model)
-    assert isinstance(from_lazy, UPDETR)
+    assert isinstance(from_lazy, UpDetr)
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
     assert shapes(from_yaml) == shapes(from_lazy)
     assert from_lazy.criterion.weight_dict == from_yaml.criterion.weight_dict
-    assert lazy.dataloader.train.mapper.num_patches == cfg.MODEL.UPDETR.NUM_PATCHES
+    assert lazy.dataloader.train.mapper.num_patches == cfg.INPUT.QUERY_PATCH.NUM_PATCHES
 
 
 def test_r50_pretraining_configs_agree():
@@ -225,8 +226,8 @@ def test_r50_pretraining_configs_agree():
     add_updetr_config(cfg)
     cfg.merge_from_file(yaml_path)
     lazy = LazyConfig.load(yaml_path.replace(".yaml", ".py"))
-    assert lazy.model._target_ is UPDETR and cfg.MODEL.META_ARCHITECTURE == "UPDETR"
+    assert lazy.model._target_ is UpDetr is UPDETR and cfg.MODEL.META_ARCHITECTURE == "UpDetr"
     assert lazy.model.query_generator.num_queries == cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100
-    assert lazy.dataloader.train.mapper.num_patches == cfg.MODEL.UPDETR.NUM_PATCHES == 10
+    assert lazy.dataloader.train.mapper.num_patches == cfg.INPUT.QUERY_PATCH.NUM_PATCHES == 10
     assert lazy.model.transformer.normalize_before and cfg.MODEL.DETR.PRE_NORM
     assert lazy.model.freeze_backbone and cfg.MODEL.UPDETR.FREEZE_BACKBONE

@@ -7,7 +7,9 @@
 
 The output is ``{"model": <Detectron2 ResNet names>, "matching_heuristics": True,
 "__author__": ...}``: names carry no model prefix and are suffix-matched into any model
-holding a Detectron2 ResNet. ``--allow-unsafe`` lets a file that pickles Python objects
+holding a Detectron2 ResNet. It is the conversion that
+``updetr_d2.checkpoint.DetrCheckpointer`` applies on load, done once ahead of time.
+``--allow-unsafe`` lets a file that pickles Python objects
 (e.g. an ``argparse.Namespace``) be unpickled in full; pass it only for files you trust.
 """
 import argparse

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""One-shot detection evaluation (UP-DETR paper, section 6) of an UPDETR model.
+"""One-shot detection evaluation (UP-DETR paper, section 6) of an UpDetr model.
 
     python tools/one_shot_eval.py --config-file CFG.yaml MODEL.WEIGHTS model_final.pth \
         INPUT.ONE_SHOT.SEEN_CLASSES "('circle', 'square')"
 
 The config describes the one-shot model (``MODEL.META_ARCHITECTURE "UPDETR"``,
-``MODEL.UPDETR.NUM_PATCHES 1``, ``MODEL.UPDETR.FEATURE_RECONSTRUCTION False``). It is
+``INPUT.QUERY_PATCH.NUM_PATCHES 1``, ``MODEL.UPDETR.FEATURE_RECONSTRUCTION False``). It is
 evaluated on ``DATASETS.TEST[0]``: for every image and every class in it, one query crop
 of that class from another image (seed ``INPUT.QUERY_PATCH.SEED``, 0 when -1), patch
 size ``INPUT.QUERY_PATCH.SIZE``, image resize ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``.
@@ -17,12 +17,12 @@ import os
 import sys
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from updetr_d2.checkpoint import UpdetrCheckpointer
+from updetr_d2.checkpoint import DetrCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from updetr_d2.config import load_yaml_config
-from updetr_d2.methods.updetr.one_shot import evaluate_one_shot, format_one_shot_results
+from updetr_d2.methods.updetr import evaluate_one_shot, format_one_shot_results
 
 
 def setup(args):
@@ -44,7 +44,7 @@ def main(argv=None):
         raise SystemExit("DATASETS.TEST is empty: name the labelled dataset to evaluate on")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        UpdetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+        DetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     else:
         print("warning: MODEL.WEIGHTS is empty, evaluating a randomly initialised model", file=sys.stderr)
     seen = list(cfg.INPUT.ONE_SHOT.SEEN_CLASSES)

@@ -4,19 +4,35 @@
     python tools/train_net.py --config-file configs/demo/faster_rcnn_R18_FPN.yaml
     python tools/train_net.py --config-file configs/demo/faster_rcnn_R18_FPN.py --eval-only train.init_checkpoint=...
     python tools/train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR/last_checkpoint
+    python tools/train_net.py --import-module my_method --config-file CFG MODEL.DETR.PLUGINS "['MyPlugin']"
 
-Flags are Detectron2's `default_argument_parser`; trailing KEY VALUE pairs
-(yaml) or key=value pairs (lazy) override the config.
+Flags are Detectron2's `default_argument_parser`, plus `--import-module` (repeatable):
+modules of your own to import first, so the components they register (meta-architectures,
+query generators, plug-ins, mappers, config keys) can be named in a yaml config.
+Trailing KEY VALUE pairs (yaml) or key=value pairs (lazy) override the config.
 """
+import importlib
+
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
 from detectron2.engine import default_argument_parser, launch
 from updetr_d2.engine import main
 
+
+def import_and_run(args):
+    # In every worker process: registration happens on import, per process.
+    for name in args.import_module:
+        importlib.import_module(name)
+    return main(args)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (on PYTHONPATH) before reading the config; repeatable")
+    args = parser.parse_args()
     print("Command Line Args:", args)
     launch(
-        main,
+        import_and_run,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

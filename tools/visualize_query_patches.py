@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from updetr_d2.checkpoint import UpdetrCheckpointer
+from updetr_d2.checkpoint import DetrCheckpointer
 from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.config import load_yaml_config
-from updetr_d2.data.mappers import QueryPatchDatasetMapper
+from updetr_d2.methods.updetr import QueryPatchDatasetMapper
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 GAP = 4  # pixels around the thumbnails
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--num-patches", type=int, default=None,
-                        help="query patches per image (default: MODEL.UPDETR.NUM_PATCHES)")
+                        help="query patches per image (default: INPUT.QUERY_PATCH.NUM_PATCHES)")
     parser.add_argument("--seed", type=int, default=0, help="patch sampling seed (per image, as the mapper)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not add the patch crops strip")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -182,13 +182,13 @@ def main(argv=None) -> List[Dict]:
     ``best`` (``(box, score)`` per patch), all in original-image pixels."""
     args = parse_args(argv)
     cfg = setup_cfg(args)
-    num_patches = args.num_patches or cfg.MODEL.UPDETR.NUM_PATCHES
+    num_patches = args.num_patches or cfg.INPUT.QUERY_PATCH.NUM_PATCHES
     if num_patches > cfg.MODEL.DETR.NUM_OBJECT_QUERIES:
         raise SystemExit(f"--num-patches {num_patches} is more than the model's "
                          f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        UpdetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+        DetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
     else:
         print("warning: MODEL.WEIGHTS is empty, the model is randomly initialised", file=sys.stderr)
     model.eval()

@@ -6,7 +6,6 @@ train = dict(
     init_checkpoint="",
     allow_unsafe_checkpoints=False,  # True only for trusted files that pickle arbitrary objects
     max_iter=1000,
-    amp=dict(enabled=False),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=500, max_to_keep=3),
     eval_period=0,  # 0: evaluate once, after the last iteration

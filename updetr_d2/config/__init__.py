@@ -1,19 +1,31 @@
+"""yaml config: the core keys, ``add_updetr_config`` (every key of the project) and the
+registry through which methods add theirs. A method's ``add_<method>_config`` (e.g.
+``add_dn_config``, ``add_codetr_config``, ``add_updetr_pretraining_config``) is also
+reachable here by name, without this package importing any method."""
 from .defaults import (
     add_deformable_detr_config,
     add_detr_config,
-    add_dn_config,
     add_updetr_config,
-    add_updetr_pretraining_config,
     default_device,
     load_yaml_config,
 )
+from .registry import register_config, register_config_check, registered_configs, run_config_checks
 
 __all__ = [
     "add_deformable_detr_config",
     "add_detr_config",
-    "add_dn_config",
     "add_updetr_config",
-    "add_updetr_pretraining_config",
     "default_device",
     "load_yaml_config",
+    "register_config",
+    "register_config_check",
+    "registered_configs",
+    "run_config_checks",
 ]
+
+
+def __getattr__(name: str):
+    configs = registered_configs()
+    if name in configs:
+        return configs[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

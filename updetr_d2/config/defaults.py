@@ -1,10 +1,13 @@
-"""yaml-config keys of updetr_d2 (``add_updetr_config``); LazyConfig files under
-``configs/`` set the same constructor arguments directly."""
+"""yaml-config keys of the shared DETR core (``add_detr_config``,
+``add_deformable_detr_config``) and ``add_updetr_config``, which adds them and every
+method's keys (each method registers its own ``add_<method>_config``, see
+:mod:`.registry`). LazyConfig files under ``configs/`` set the same constructor
+arguments directly."""
 import torch
 from detectron2.config import CfgNode as CN
 
-from ..methods.codetr.config import add_codetr_config
 from ..modeling.efficientnet import add_efficientnet_config
+from .registry import registered_configs
 
 
 def default_device() -> str:
@@ -27,7 +30,11 @@ def add_detr_config(cfg):
     d.ENC_LAYERS = 6
     d.DEC_LAYERS = 6
     d.PRE_NORM = False
-    d.NUM_OBJECT_QUERIES = 100
+    d.NUM_OBJECT_QUERIES = 100  # the one home of the query count, for every DETR variant
+    # A registered query generator (QUERY_GENERATOR_REGISTRY); "" = the model's own default.
+    d.QUERY_GENERATOR = ""
+    # Registered plug-ins (PLUGIN_REGISTRY) that add phases' work and losses to the model.
+    d.PLUGINS = []
     d.SIZE_DIVISIBILITY = 32
     # Loss weights, also the matcher's cost weights (as in DETR).
     d.CLASS_WEIGHT = 1.0
@@ -58,54 +65,13 @@ def add_deformable_detr_config(cfg):
     # Anchor queries (DAB-Deformable-DETR): learned content + box per query, positional
     # query from the box in every layer. Needed by DN.
     dd.ANCHOR_QUERIES = False
+    # Anchor queries' content ends with DN's indicator (0: matching query, 1: denoising), so
+    # the same weights serve with denoising on or off.
+    dd.ANCHOR_INDICATOR = True
     dd.FOCAL_ALPHA = 0.25
     dd.TEST_TOPK = 100  # detections kept per image: the best (query, class) pairs
     # Learning rate multiplier of the sampling offsets and reference point projections.
     cfg.SOLVER.OFFSET_LR_MULTIPLIER = 1.0
-    return cfg
-
-
-def add_dn_config(cfg):
-    """``MODEL.DN.*``: DN-DETR's denoising training (paper defaults) for anchor-query models."""
-    cfg.MODEL.DN = CN()
-    dn = cfg.MODEL.DN
-    dn.ENABLED = False
-    dn.NUM_GROUPS = 5
-    dn.LABEL_NOISE_PROB = 0.2  # each denoising label flipped to another class with this probability
-    dn.BOX_NOISE_SCALE = 0.4  # centre shift up to SCALE/2 of the side, sides scaled by 1 +- SCALE
-    # Hide the padding slots of the denoising groups from every query (DN-DETR leaves them visible).
-    dn.MASK_PADDING = True
-    # Anchor queries' content ends with DN's indicator (0: matching query, 1: denoising), so
-    # the same weights serve with DN on or off.
-    dn.WITH_INDICATOR = True
-    return cfg
-
-
-def add_updetr_pretraining_config(cfg):
-    """``MODEL.UPDETR.*`` and ``INPUT.QUERY_PATCH.*``: UP-DETR's random query patch
-    pretraining (paper defaults); the rest of the model is ``MODEL.DETR``."""
-    cfg.MODEL.UPDETR = CN()
-    u = cfg.MODEL.UPDETR
-    u.NUM_PATCHES = 10
-    u.FREEZE_BACKBONE = True  # the paper: freezing the CNN is a prerequisite
-    u.FEATURE_RECONSTRUCTION = True
-    u.RECONSTRUCTION_WEIGHT = 1.0
-    # Probability that a query slot loses its patch feature during training.
-    u.QUERY_DROPOUT = 0.1
-
-    cfg.INPUT.QUERY_PATCH = CN()
-    p = cfg.INPUT.QUERY_PATCH
-    p.SIZE = 128  # patches are resized to SIZE x SIZE
-    p.MIN_SIDE = 8  # pixels, on the original image
-    p.MAX_FRACTION = 1.0  # of the image side
-    p.ASPECT_RANGE = ()  # () = sides drawn independently, as the paper
-    p.AUGMENT = True  # colour jitter, grayscale, blur on the patches
-    p.SEED = -1  # >= 0: the same patches for a given image every time
-
-    # One-shot detection (UP-DETR's query-crop detection; OneShotDatasetMapper).
-    cfg.INPUT.ONE_SHOT = CN()
-    cfg.INPUT.ONE_SHOT.SEEN_CLASSES = ()  # class names trained on; empty: all classes
-    cfg.INPUT.ONE_SHOT.AUGMENT = False  # the pretraining patch augmentation on query crops
     return cfg
 
 
@@ -116,10 +82,9 @@ def add_updetr_config(cfg):
     """
     add_detr_config(cfg)
     add_deformable_detr_config(cfg)
-    add_dn_config(cfg)
-    add_updetr_pretraining_config(cfg)
     add_efficientnet_config(cfg)
-    add_codetr_config(cfg)
+    for add_method_config in registered_configs().values():
+        add_method_config(cfg)
     # Detectron2 defaults to CUDA; we run wherever the machine can.
     cfg.MODEL.DEVICE = default_device()
     # Load MODEL.WEIGHTS files that pickle arbitrary objects (e.g. official DETR / UP-DETR

@@ -12,8 +12,8 @@ from detectron2.utils.logger import setup_logger
 
 from detectron2.data import DatasetCatalog
 
-from ..checkpoint import UpdetrCheckpointer
-from ..config import load_yaml_config
+from ..checkpoint import DetrCheckpointer
+from ..config import load_yaml_config, run_config_checks
 from ..data import register_unlabeled_folder
 from . import lazy
 from .trainer import Trainer
@@ -55,6 +55,7 @@ def setup(args):
         cfg.MODEL.DEVICE = _device_or_cpu(cfg.MODEL.DEVICE)
         register_image_folders(cfg.DATASETS.TRAIN)
         cfg.freeze()
+    run_config_checks(cfg)  # methods' checks of key combinations, before anything is built
     default_setup(cfg, args)
     # Detectron2 sets up its own loggers only; the project's messages go to the same places.
     output_dir = cfg.train.output_dir if is_lazy_config(args.config_file) else cfg.OUTPUT_DIR
@@ -71,7 +72,7 @@ def main(args):
         return lazy.do_train(cfg, resume=args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        UpdetrCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        DetrCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

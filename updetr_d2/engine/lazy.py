@@ -1,6 +1,8 @@
 """The LazyConfig route: train and evaluate a config that defines ``model``,
 ``dataloader.{train,test,evaluator}``, ``optimizer``, ``lr_multiplier`` and
-``train`` (see ``configs/common/train.py``)."""
+``train`` (see ``configs/common/train.py``). Hooks: Detectron2's usual ones, the
+model's own (``model.training_hooks()``) and any in ``train.hooks`` (a list of
+LazyCall'd hooks)."""
 import logging
 
 from detectron2.config import instantiate
@@ -9,7 +11,8 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from ..checkpoint import UpdetrCheckpointer
+from ..checkpoint import DetrCheckpointer
+from .hooks import model_hooks
 
 logger = logging.getLogger("detectron2")
 
@@ -31,6 +34,23 @@ def build_model(cfg):
     return model
 
 
+def build_hooks(cfg, model, checkpointer, evaluate) -> list:
+    """Timer, LR schedule, checkpoints (main process), evaluation, the model's and the
+    config's extra hooks, then the writers (main process), in Detectron2's order."""
+    main = comm.is_main_process()
+    return [
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+        hooks.EvalHook(cfg.train.eval_period, evaluate),
+        *model_hooks(model),
+        *[instantiate(h) for h in cfg.train.get("hooks", [])],
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if main
+        else None,
+    ]
+
+
 def do_train(cfg, resume: bool):
     """Train; returns the results of the last evaluation (the EvalHook runs one at the end)."""
     model = build_model(cfg)
@@ -48,25 +68,10 @@ def do_train(cfg, resume: bool):
         last_results.update(do_test(cfg, model))
         return last_results
 
-    checkpointer = UpdetrCheckpointer(
+    checkpointer = DetrCheckpointer(
         model, cfg.train.output_dir, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False), trainer=trainer
     )
-    trainer.register_hooks(
-        [
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
-            hooks.EvalHook(cfg.train.eval_period, evaluate),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
-        ]
-    )
+    trainer.register_hooks(build_hooks(cfg, model, checkpointer, evaluate))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the iteration that just finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
@@ -76,7 +81,7 @@ def do_train(cfg, resume: bool):
 
 def do_eval_only(cfg):
     model = create_ddp_model(build_model(cfg))
-    UpdetrCheckpointer(model, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False)).load(
+    DetrCheckpointer(model, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False)).load(
         cfg.train.init_checkpoint
     )
     return do_test(cfg, model)

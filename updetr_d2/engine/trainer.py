@@ -2,22 +2,29 @@
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
-from ..checkpoint import UpdetrCheckpointer
+from ..checkpoint import DetrCheckpointer
 from ..data.mappers import build_dataset_mapper
 from ..solver import build_optimizer
 from .evaluation import build_evaluator
+from .hooks import model_hooks
 
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the optimiser of ``SOLVER.OPTIMIZER``, data loaders using the
-    mapper named by ``INPUT.DATASET_MAPPER`` and the evaluator the dataset's metadata asks for."""
+    mapper named by ``INPUT.DATASET_MAPPER``, the evaluator the dataset's metadata asks for
+    and the training hooks the model asks for."""
 
     def build_hooks(self):
         # Before the hooks take it: a checkpointer that also reads users' ResNet weights
         # (torchvision, SwAV, DINO, MoCo) and refuses unsafe pickles unless allowed.
         old = self.checkpointer
-        self.checkpointer = UpdetrCheckpointer.from_config(self.cfg, old.model, old.save_dir, **old.checkpointables)
-        return super().build_hooks()
+        self.checkpointer = DetrCheckpointer.from_config(self.cfg, old.model, old.save_dir, **old.checkpointables)
+        hooks = super().build_hooks()
+        # The model's own hooks (methods, plug-ins) run before the writers, so what they
+        # log in an iteration is written with it.
+        writers = [i for i, h in enumerate(hooks) if type(h).__name__ == "PeriodicWriter"]
+        at = writers[0] if writers else len(hooks)
+        return hooks[:at] + model_hooks(self.model) + hooks[at:]
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -25,7 +25,6 @@ With ``bbox_embed`` (one box head per layer, iterative box refinement) each laye
 updates the reference: ``ref <- sigmoid(head(out) + logit(ref))``, detached before the
 next layer, as in the paper.
 """
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -34,7 +33,10 @@ from torch import Tensor, nn
 from .box_ops import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import sine_embed_coordinates
-from .transformer import MultiheadAttention, _activation, _with_pos, build_attention_mask
+from .attention import MultiheadAttention, build_attention_mask
+from .encoder_memory import EncoderMemory
+from .mlp import MLP
+from .transformer import activation_fn, with_pos_embed
 
 __all__ = [
     "DeformableEncoderLayer",
@@ -42,7 +44,6 @@ __all__ = [
     "DeformableEncoder",
     "DeformableDecoder",
     "DeformableTransformer",
-    "EncodedLevels",
 ]
 
 
@@ -55,7 +56,7 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.dropout2 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
@@ -63,7 +64,7 @@ class DeformableEncoderLayer(nn.Module):
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         attn = self.self_attn(
-            _with_pos(src, pos), reference_points, src, spatial_shapes, level_start_index, padding_mask
+            with_pos_embed(src, pos), reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(self.activation(self.linear1(src))))
@@ -83,7 +84,7 @@ class DeformableDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.dropout3 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.dropout4 = nn.Dropout(dropout)
@@ -102,11 +103,11 @@ class DeformableDecoderLayer(nn.Module):
     ) -> Tensor:
         """tgt, query_pos [B, Q, d]; reference_points [B, Q, n_levels, 2 or 4];
         self_attn_mask prepared by :func:`build_attention_mask` (or None)."""
-        qk = _with_pos(tgt, query_pos).transpose(0, 1)  # our attention is sequence-first
+        qk = with_pos_embed(tgt, query_pos).transpose(0, 1)  # our attention is sequence-first
         attn = self.self_attn(qk, qk, tgt.transpose(0, 1), self_attn_mask).transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(attn))
         attn = self.cross_attn(
-            _with_pos(tgt, query_pos), reference_points, memory, spatial_shapes, level_start_index,
+            with_pos_embed(tgt, query_pos), reference_points, memory, spatial_shapes, level_start_index,
             memory_padding_mask,
         )
         tgt = self.norm1(tgt + self.dropout1(attn))
@@ -158,8 +159,8 @@ class DeformableDecoder(nn.Module):
         self.anchor_queries = anchor_queries
         if anchor_queries:
             # DAB-Deformable-DETR: positional query = MLP(sine(box)), scaled by MLP(content).
-            self.ref_point_head = _mlp(2 * d_model, d_model, d_model, 2)
-            self.query_scale = _mlp(d_model, d_model, d_model, 2)
+            self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
+            self.query_scale = MLP(d_model, d_model, d_model, 2)
 
     def forward(
         self,
@@ -222,27 +223,10 @@ class DeformableDecoder(nn.Module):
         return torch.stack(outputs), torch.stack(references)
 
 
-def _mlp(input_dim, hidden_dim, output_dim, num_layers):
-    from ..modeling.heads import MLP  # layers must not import modeling at module level
-
-    return MLP(input_dim, hidden_dim, output_dim, num_layers)
-
-
-@dataclass
-class EncodedLevels:
-    """The encoder's output and what the decoder needs to read it."""
-
-    memory: Tensor  # [B, S, d]
-    padding_mask: Tensor  # [B, S], True = padded
-    spatial_shapes: Tensor  # long [L, 2] (H, W)
-    level_start_index: Tensor  # long [L]
-    valid_ratios: Tensor  # [B, L, 2] (w, h) valid fraction of each level
-
-
 class DeformableTransformer(nn.Module):
     """Deformable DETR's encoder and decoder, plus the pieces of its two-stage variant.
 
-    ``encode(srcs, masks, pos_embeds)`` -> :class:`EncodedLevels`;
+    ``encode(srcs, masks, pos_embeds)`` -> :class:`EncoderMemory`;
     ``two_stage_proposals(encoded, class_head, box_head, k)`` -> the top-k encoder
     proposals as queries; ``decode(...)`` -> (hs, references) of :class:`DeformableDecoder`.
     """
@@ -299,7 +283,7 @@ class DeformableTransformer(nn.Module):
         valid_w = (~mask[:, 0, :]).sum(1)
         return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
 
-    def encode(self, srcs: List[Tensor], masks: List[Tensor], pos_embeds: List[Tensor]) -> EncodedLevels:
+    def encode(self, srcs: List[Tensor], masks: List[Tensor], pos_embeds: List[Tensor]) -> EncoderMemory:
         """srcs, pos_embeds: per level [B, d, H_l, W_l]; masks: [B, H_l, W_l], True = padded."""
         if len(srcs) != self.num_feature_levels:
             raise ValueError(f"the transformer was built for {self.num_feature_levels} levels, got {len(srcs)}")
@@ -314,10 +298,10 @@ class DeformableTransformer(nn.Module):
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl] for lvl, p in enumerate(pos_embeds)], 1
         )
         memory = self.encoder(src, spatial_shapes, level_start_index, valid_ratios, pos, mask)
-        return EncodedLevels(memory, mask, spatial_shapes, level_start_index, valid_ratios)
+        return EncoderMemory(memory, mask, spatial_shapes, level_start_index, pos=pos, valid_ratios=valid_ratios)
 
     # --- two-stage ----------------------------------------------------------------
-    def encoder_proposals(self, encoded: EncodedLevels) -> Tuple[Tensor, Tensor, Tensor]:
+    def encoder_proposals(self, encoded: EncoderMemory) -> Tuple[Tensor, Tensor, Tensor]:
         """One proposal box per memory position: centred on its pixel, side
         0.05 * 2^level of the valid image; returns the projected memory [B, S, d], the
         proposals as logits [B, S, 4] (+inf at unusable positions, as the original, so
@@ -344,7 +328,7 @@ class DeformableTransformer(nn.Module):
         return memory, proposals.to(memory.dtype), usable
 
     def two_stage_proposals(
-        self, encoded: EncodedLevels, class_head: nn.Module, box_head: nn.Module, num_proposals: int
+        self, encoded: EncoderMemory, class_head: nn.Module, box_head: nn.Module, num_proposals: int
     ):
         """Deformable DETR's two-stage queries: score every encoder position with
         ``class_head``, refine its proposal with ``box_head``, keep the ``num_proposals``
@@ -372,7 +356,7 @@ class DeformableTransformer(nn.Module):
         return query_pos, tgt, reference, {"pred_logits": logits, "pred_boxes": coords.sigmoid()}
 
     # --- decoder ------------------------------------------------------------------
-    def decode(self, encoded: EncodedLevels, tgt, reference_points, query_pos=None, self_attn_mask=None,
+    def decode(self, encoded: EncoderMemory, tgt, reference_points, query_pos=None, self_attn_mask=None,
                bbox_embed=None):
         return self.decoder(
             tgt,

@@ -1,2 +1,4 @@
-"""Methods built on the shared DETR parts; each adds only what it needs."""
-from . import codetr, updetr  # noqa: F401  (registers CoDeformableDetr, UPDETR)
+"""Methods built on the shared DETR core, one folder each (see the README's
+"Architecture" section): importing a method registers its meta-architecture, query
+generators, mappers, config keys, config checks and checkpoint hand-off rules."""
+from . import codetr, dn, updetr  # noqa: F401  (registration by import)

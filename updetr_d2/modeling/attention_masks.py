@@ -9,7 +9,7 @@ largest object count).
 A *rule* is a small pure function ``rule(layout) -> blocked`` returning a boolean
 mask over the whole layout, [Q, Q] or per image [B, Q, Q]; **True = query i may
 not attend key j**, the convention of
-:func:`updetr_d2.layers.transformer.build_attention_mask`.
+:func:`updetr_d2.layers.attention.build_attention_mask`.
 :func:`build_self_attn_mask` ORs the rules together and then **always un-blocks
 the diagonal**: every query may attend itself, so no row is ever fully blocked.
 That is the fix for UP-DETR's official group mask, whose loop ran over the queries
@@ -20,24 +20,24 @@ path, where padded rows were fully blocked.
 Rules:
 
 * :func:`isolate` ``(a, b)``: queries of ``a`` may not see ``b`` (one direction);
-* :func:`separate_segments` ``(*segs)``: no interaction between the listed segments;
 * :func:`within_groups` ``(seg)``: inside ``seg`` a query sees only its own group;
 * :func:`pad_invalid` ``(seg)``: padding slots of ``seg`` are hidden (as keys) from
   every query, per image.
 
-The three masks this serves (see ``notes/architecture.md``):
+The masks it serves, each built in its method's folder:
 
 * UP-DETR: ``[match]`` with contiguous patch groups, ``within_groups(match)``
-  (:func:`updetr_group_mask`);
-* DN-DETR: ``[dn, match]``, ``within_groups(dn)`` + ``isolate(match, dn)``
-  (:func:`dn_group_mask`); DN queries still see the matching queries, as in DN-DETR;
-* Co-DETR: ``[match, pos_0, ...]``, ``separate_segments(...)`` + ``pad_invalid(pos_k)``.
+  (``methods/updetr/groups.py``);
+* DN-DETR: ``[dn, match]``, ``within_groups(dn)`` + ``isolate(match, dn)`` (+
+  ``pad_invalid(dn)``) (``methods/dn/queries.py``); DN queries still see the
+  matching queries, as in DN-DETR;
+* Co-DETR: each head's positive queries ``[aux]`` decoded in a pass of their own,
+  ``pad_invalid(aux)`` (``methods/codetr/positive_queries.py``).
 
 A [B, Q, Q] result must be expanded per head before it reaches the transformer,
 which takes [Q, Q] or [B * nhead, Q, Q]: :func:`expand_to_heads`.
 """
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -48,15 +48,10 @@ __all__ = [
     "QueryLayout",
     "Rule",
     "isolate",
-    "separate_segments",
     "within_groups",
     "pad_invalid",
     "build_self_attn_mask",
     "expand_to_heads",
-    "contiguous_group_sizes",
-    "contiguous_groups",
-    "updetr_group_mask",
-    "dn_group_mask",
 ]
 
 
@@ -171,20 +166,6 @@ def isolate(a: str, b: str) -> Rule:
     return rule
 
 
-def separate_segments(*names: str) -> Rule:
-    """No attention between any two of the listed segments, in either direction
-    (Co-DETR: the matching queries and each head's positive queries)."""
-    pairs = [isolate(a, b) for x, y in combinations(names, 2) for a, b in ((x, y), (y, x))]
-
-    def rule(layout: QueryLayout) -> Tensor:
-        blocked = _nothing_blocked(layout)
-        for r in pairs:
-            blocked |= r(layout)
-        return blocked
-
-    return rule
-
-
 def within_groups(name: str) -> Rule:
     """Inside segment ``name``, a query sees only queries with its group id
     (block-diagonal for contiguous groups). Other segments are untouched."""
@@ -239,81 +220,3 @@ def expand_to_heads(blocked: Tensor, num_heads: int) -> Tensor:
     if blocked.dim() == 2:
         return blocked
     return blocked.repeat_interleave(num_heads, dim=0)
-
-
-# ------------------------------------------------------------------ UP-DETR groups
-
-
-def contiguous_group_sizes(num_queries: int, num_groups: int) -> List[int]:
-    """Sizes of ``num_groups`` groups of consecutive queries covering ``num_queries``.
-
-    When the split is uneven the first ``num_queries % num_groups`` groups get one
-    extra query (sizes differ by at most one, larger first), e.g. 10 into 3 -> [4, 3, 3].
-    UP-DETR's default 100 queries / 10 patches gives ten groups of 10.
-
-    Raises:
-        ValueError: if ``num_groups > num_queries`` (more patches than queries: some
-            patch would have no query) or either number is not positive.
-    """
-    if num_groups < 1 or num_queries < 1:
-        raise ValueError(
-            f"need at least one query and one group (patch); got num_queries={num_queries}, "
-            f"num_groups={num_groups}"
-        )
-    if num_groups > num_queries:
-        raise ValueError(
-            f"cannot split {num_queries} queries into {num_groups} groups: there are more "
-            f"patches ({num_groups}) than queries ({num_queries}), so some patch would get "
-            "no query. Use at most as many patches as object queries."
-        )
-    base, extra = divmod(num_queries, num_groups)
-    return [base + 1 if k < extra else base for k in range(num_groups)]
-
-
-def contiguous_groups(
-    num_queries: int, num_groups: int, device: Optional[torch.device] = None
-) -> Tensor:
-    """Group id of each query (long [num_queries]), groups of consecutive queries sized
-    by :func:`contiguous_group_sizes`, e.g. 10 into 3 -> [0,0,0,0,1,1,1,2,2,2].
-
-    It is also the query -> patch index: ``patch_feats[:, contiguous_groups(N, M)]``
-    expands per-patch features [B, M, d] to per-query ones [B, N, d] (patch k on
-    group k's queries, as ``repeat_interleave`` with the group sizes; never ``repeat``,
-    which would stride them).
-    """
-    sizes = torch.tensor(contiguous_group_sizes(num_queries, num_groups), device=device)
-    return torch.repeat_interleave(torch.arange(num_groups, device=device), sizes)
-
-
-def updetr_group_mask(
-    num_queries: int, num_groups: int, device: Optional[torch.device] = None
-) -> Tensor:
-    """UP-DETR's decoder self-attention mask, bool [N, N] (True = blocked): each query
-    sees exactly the queries of its own patch group."""
-    groups = contiguous_groups(num_queries, num_groups, device)
-    layout = QueryLayout([Segment("match", num_queries, group_ids=groups)])
-    return build_self_attn_mask(layout, [within_groups("match")])
-
-
-# ------------------------------------------------------------------ DN-DETR groups
-
-
-def dn_group_mask(
-    num_dn_groups: int,
-    group_size: int,
-    num_matching: int,
-    device: Optional[torch.device] = None,
-) -> Tensor:
-    """DN-DETR's mask over ``[dn (num_dn_groups * group_size), match (num_matching)]``,
-    bool [T, T]: DN groups do not see each other, matching queries do not see any DN
-    query, DN queries see their own group and every matching query (as DN-DETR).
-    With ``group_size == 0`` (no ground truth in the batch) nothing is blocked.
-    DN padding slots are not masked here, as in DN-DETR; add ``pad_invalid("dn")``
-    with a layout of your own to hide them.
-    """
-    dn = num_dn_groups * group_size
-    groups = torch.arange(dn, device=device) // max(group_size, 1)
-    layout = QueryLayout(
-        [Segment("dn", dn, group_ids=groups), Segment("match", num_matching)]
-    )
-    return build_self_attn_mask(layout, [within_groups("dn"), isolate("match", "dn")])

@@ -1,6 +1,6 @@
 """Any Detectron2 backbone as a DETR feature extractor: feature maps plus the padding
 masks (True = padded pixel) that position embeddings and attention need."""
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,13 @@ def padding_mask(images: ImageList) -> torch.Tensor:
 def level_padding_mask(mask: torch.Tensor, size) -> torch.Tensor:
     """A padding mask [B, H, W] resized (nearest) to a feature map's size."""
     return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
+
+
+def level_strides(backbone_strides: Sequence[int], num_levels: int) -> List[int]:
+    """Stride of every level of a feature pyramid that continues the backbone's levels
+    with stride-2 levels: the backbone's strides, then x2 per extra level."""
+    extra = num_levels - len(backbone_strides)
+    return list(backbone_strides) + [backbone_strides[-1] * 2 ** (k + 1) for k in range(extra)]
 
 
 class MaskedBackbone(nn.Module):
@@ -44,7 +51,13 @@ class MaskedBackbone(nn.Module):
     def size_divisibility(self) -> int:
         return getattr(self.backbone, "size_divisibility", 0)
 
-    def forward(self, images: ImageList) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward_all(self, images: ImageList) -> Tuple[Dict[str, torch.Tensor], List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """Every output of the backbone by name (finer levels for a mask head), and
+        ``[(feature, mask), ...]`` for ``in_features``."""
         features = self.backbone(images.tensor)
         mask = padding_mask(images)
-        return [(features[n], level_padding_mask(mask, features[n].shape[-2:])) for n in self.in_features]
+        levels = [(features[n], level_padding_mask(mask, features[n].shape[-2:])) for n in self.in_features]
+        return features, levels
+
+    def forward(self, images: ImageList) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        return self.forward_all(images)[1]

@@ -5,25 +5,11 @@ from typing import Dict
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers.box_ops import inverse_sigmoid
+from ..layers.mlp import MLP
 
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
+__all__ = ["BoxRefinementHeads", "DetrPredictionHeads", "MLP"]  # MLP: re-exported, it lives in layers
 
 
 class DetrPredictionHeads(nn.Module):

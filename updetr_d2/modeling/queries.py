@@ -10,14 +10,59 @@ queries on image patches; DN-DETR and Co-DETR append denoising / positive groups
 with a mask that keeps the groups apart.
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+from detectron2.config import configurable
+from detectron2.utils.registry import Registry
 from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid  # noqa: F401  (re-exported)
 
-__all__ = ["per_image", "QueryBundle", "LearnedQueries", "LearnedPointQueries", "AnchorQueries", "inverse_sigmoid"]
+__all__ = [
+    "QUERY_GENERATOR_REGISTRY",
+    "AnchorQueries",
+    "LearnedPointQueries",
+    "LearnedQueries",
+    "QueryBundle",
+    "build_query_generator",
+    "inverse_sigmoid",
+    "per_image",
+    "register_query_wrapper",
+]
+
+QUERY_GENERATOR_REGISTRY = Registry("QUERY_GENERATOR")
+QUERY_GENERATOR_REGISTRY.__doc__ = """Query generators selectable by ``MODEL.DETR.QUERY_GENERATOR``;
+built as ``QUERY_GENERATOR_REGISTRY.get(name)(cfg)`` (``@configurable`` constructors)."""
+
+# Functions ``wrap(cfg, generator) -> generator`` applied in order to every generator built
+# from a yaml config: a method that decorates any model's queries (DN-DETR's denoising
+# groups) registers one here instead of being named by the meta-architectures.
+_QUERY_WRAPPERS: List[Callable] = []
+
+
+def register_query_wrapper(wrap: Callable) -> Callable:
+    """Register ``wrap(cfg, generator) -> generator``; usable as a decorator."""
+    if wrap not in _QUERY_WRAPPERS:
+        _QUERY_WRAPPERS.append(wrap)
+    return wrap
+
+
+def build_query_generator(cfg, default: str) -> nn.Module:
+    """The generator named by ``MODEL.DETR.QUERY_GENERATOR`` (``default`` when empty),
+    then every registered wrapper."""
+    name = cfg.MODEL.DETR.QUERY_GENERATOR or default
+    try:
+        generator_cls = QUERY_GENERATOR_REGISTRY.get(name)
+    except KeyError:
+        raise KeyError(
+            f"MODEL.DETR.QUERY_GENERATOR={name!r} is not a registered query generator; "
+            f"registered: {sorted(n for n, _ in QUERY_GENERATOR_REGISTRY)}"
+        ) from None
+    generator = generator_cls(cfg)
+    for wrap in _QUERY_WRAPPERS:
+        generator = wrap(cfg, generator)
+    return generator
 
 
 def per_image(x: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
@@ -37,7 +82,11 @@ class QueryBundle:
         points (x, y) [.., Q, 2] or boxes (cx, cy, w, h) [.., Q, 4] (anchor queries).
     self_attn_mask: bool [Q, Q] or [B * nhead, Q, Q], True = query i may not see j.
     meta: what later phases need to know about the queries (UP-DETR's patch groups,
-        DN-DETR's denoising groups, ...).
+        ...). ``meta["loss_routes"]``: objects with ``split(outputs) -> (own, rest)``
+        and ``losses(criterion, own, targets) -> dict`` that take their part of the
+        output dict and supervise it their own way (DN-DETR's denoising groups,
+        two-stage proposals, Co-DETR's positive queries); see
+        ``SetPredictionDetector.set_losses``.
     """
 
     query_pos: Optional[torch.Tensor] = None
@@ -54,26 +103,45 @@ class QueryBundle:
         raise ValueError("QueryBundle has neither query_pos, tgt nor reference_points")
 
 
-class LearnedQueries(nn.Module):
-    """DETR's object queries: ``num_queries`` learned positional embeddings, content zero."""
+def _size_from_config(cfg) -> Dict[str, int]:
+    return {"num_queries": cfg.MODEL.DETR.NUM_OBJECT_QUERIES, "hidden_dim": cfg.MODEL.DETR.HIDDEN_DIM}
 
-    def __init__(self, num_queries: int, hidden_dim: int):
-        super().__init__()
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+class _EmbeddedQueries(nn.Module):
+    """Queries whose count is the rows of ``query_embed`` (named as in DETR and Deformable
+    DETR, so their checkpoints load), sized by ``MODEL.DETR`` in yaml configs."""
+
+    query_embed: nn.Embedding
+
+    @classmethod
+    def from_config(cls, cfg):
+        return _size_from_config(cfg)
 
     @property
     def num_queries(self) -> int:
         return self.query_embed.num_embeddings
 
+
+@QUERY_GENERATOR_REGISTRY.register()
+class LearnedQueries(_EmbeddedQueries):
+    """DETR's object queries: ``num_queries`` learned positional embeddings, content zero."""
+
+    @configurable
+    def __init__(self, num_queries: int, hidden_dim: int):
+        super().__init__()
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
     def forward(self, batch_size: int, **context) -> QueryBundle:
         return QueryBundle(query_pos=self.query_embed.weight)
 
 
-class LearnedPointQueries(nn.Module):
+@QUERY_GENERATOR_REGISTRY.register()
+class LearnedPointQueries(_EmbeddedQueries):
     """Deformable DETR's queries: a learned positional and content vector per query
     (``query_embed`` [N, 2d], split in that order) and a reference point predicted from
     the positional one, ``sigmoid(Linear(query_pos))``, as normalised (x, y)."""
 
+    @configurable
     def __init__(self, num_queries: int, hidden_dim: int):
         super().__init__()
         self.hidden_dim = hidden_dim
@@ -82,16 +150,13 @@ class LearnedPointQueries(nn.Module):
         nn.init.xavier_uniform_(self.reference_points.weight)
         nn.init.zeros_(self.reference_points.bias)
 
-    @property
-    def num_queries(self) -> int:
-        return self.query_embed.num_embeddings
-
     def forward(self, batch_size: int, **context) -> QueryBundle:
         query_pos, tgt = self.query_embed.weight.split(self.hidden_dim, dim=1)
         reference = self.reference_points(query_pos).sigmoid()
         return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference)
 
 
+@QUERY_GENERATOR_REGISTRY.register()
 class AnchorQueries(nn.Module):
     """Anchor queries (DAB-DETR / DAB-Deformable-DETR, the base of DN-DETR): a learned
     content vector and a learned box per query.
@@ -106,11 +171,16 @@ class AnchorQueries(nn.Module):
     normalised cxcywh in [0, 1].
     """
 
+    @configurable
     def __init__(self, num_queries: int, hidden_dim: int, with_indicator: bool = True):
         super().__init__()
         self.with_indicator = with_indicator
         self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1 if with_indicator else hidden_dim)
         self.anchor_embed = nn.Embedding(num_queries, 4)
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {**_size_from_config(cfg), "with_indicator": cfg.MODEL.DEFORMABLE_DETR.ANCHOR_INDICATOR}
 
     @property
     def num_queries(self) -> int:

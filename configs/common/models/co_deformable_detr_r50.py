@@ -32,6 +32,6 @@ def add_co_detr(model, num_decoder_layers: int, lambda1: float = 1.0, lambda2: f
     return model
 
 
-model.update(with_box_refine=True, two_stage=True, query_generator=None)
+model.update(with_box_refine=True, two_stage=True, query_generator=None, num_queries=300)
 model.transformer.two_stage = True
 add_co_detr(model, num_decoder_layers=6)

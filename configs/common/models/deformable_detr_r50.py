@@ -1,18 +1,21 @@
 """Deformable DETR-R50 as LazyConfig; builds the same module tree as
 projects/DeformableDETR/configs/deformable_detr_r50.yaml.
 
-``dn_query_generator()`` is the DN-Deformable-DETR switch: anchor queries wrapped in
-denoising groups (set it as ``model.query_generator`` with
-``model.transformer.anchor_queries = True``); its sizes follow the model's."""
+``use_dn_queries(model)`` is the DN-Deformable-DETR switch: anchor queries wrapped in
+denoising groups; their sizes follow the model's.
+
+The number of queries has one home: the query generator's ``num_queries``. ``model.num_queries``
+is read by the two-stage variant only (no query generator: that many top encoder proposals
+become the queries)."""
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
 from updetr_d2.layers.deformable_transformer import DeformableTransformer
 from updetr_d2.layers.position_encoding import PositionEmbeddingSine
+from updetr_d2.methods.dn import DenoisingQueries
 from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelFocal, SetCriterion
 from updetr_d2.modeling.backbone import MaskedBackbone
 from updetr_d2.modeling.meta_arch.deformable_detr import DeformableDetr
-from updetr_d2.modeling.denoising import DenoisingQueries
 from updetr_d2.modeling.queries import AnchorQueries, LearnedPointQueries
 
 model = L(DeformableDetr)(
@@ -52,7 +55,6 @@ model = L(DeformableDetr)(
     hidden_dim=256,
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],
-    num_queries=300,
     aux_loss=True,
     with_box_refine=False,
     two_stage=False,
@@ -61,12 +63,20 @@ model = L(DeformableDetr)(
 )
 
 
-def dn_query_generator(num_groups=5, label_noise_prob=0.2, box_noise_scale=0.4, mask_padding=True):
-    """DN-Deformable-DETR's query generator (a function, so that the config files that
-    import it do not get an extra top-level node); interpolations are relative to
-    ``model.query_generator``, where it is placed."""
-    return L(DenoisingQueries)(
-        base=L(AnchorQueries)(num_queries="${...num_queries}", hidden_dim="${...hidden_dim}", with_indicator=True),
+def use_dn_queries(model, num_groups=5, label_noise_prob=0.2, box_noise_scale=0.4, mask_padding=True):
+    """Turn a Deformable DETR node into DN-Deformable-DETR: the transformer takes anchor
+    queries, wrapped in ``num_groups`` denoising groups. There are as many anchor queries as
+    the query generator they replace had queries or, for a two-stage node (no query
+    generator), as its proposals (``model.num_queries``, which then moves to the generator).
+    A function, so that the config files that use it get no extra top-level node; the
+    interpolations are relative to ``model.query_generator``, where the generator is placed."""
+    if model.query_generator is None:
+        num_queries = model.pop("num_queries")
+    else:
+        num_queries = model.query_generator.num_queries
+    model.transformer.anchor_queries = True
+    model.query_generator = L(DenoisingQueries)(
+        base=L(AnchorQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=True),
         num_classes="${..num_classes}",
         hidden_dim="${..hidden_dim}",
         num_heads="${..transformer.nhead}",
@@ -75,3 +85,4 @@ def dn_query_generator(num_groups=5, label_noise_prob=0.2, box_noise_scale=0.4, 
         box_noise_scale=box_noise_scale,
         mask_padding=mask_padding,
     )
+    return model

@@ -1,6 +1,6 @@
 """LazyConfig twin of dn_deformable_detr_R18_demo.yaml: the demo Deformable DETR with anchor
 queries, trained with denoising."""
-from ....configs.common.models.deformable_detr_r50 import dn_query_generator
+from ....configs.common.models.deformable_detr_r50 import use_dn_queries
 from ...DeformableDETR.configs.deformable_detr_R18_demo import (  # noqa: F401
     dataloader,
     lr_multiplier,
@@ -9,6 +9,5 @@ from ...DeformableDETR.configs.deformable_detr_R18_demo import (  # noqa: F401
     train,
 )
 
-model.transformer.anchor_queries = True
-model.query_generator = dn_query_generator()
+use_dn_queries(model)
 train.output_dir = "./output/demo_dn_deformable_detr_lazy"

@@ -1,32 +1,12 @@
 """LazyConfig twin of updetr_R18_demo_pretrain.yaml: UP-DETR pretraining of the demo DETR
-on the demo's unlabeled images."""
-from detectron2.config import LazyCall as L
+(20 patch queries, 4 patches an image) on the demo's unlabeled images."""
+from ....configs.common.data.query_patches import use_query_patch_data
+from ....configs.common.demo import DEMO_MAX_SIZE, DEMO_MIN_SIZES, use_demo_schedule
+from ....configs.common.models.updetr import add_updetr
+from ....configs.demo.detr_R18_demo import dataloader, model, optimizer, train  # noqa: F401
 
-from updetr_d2.data.mappers import QueryPatchDatasetMapper
-from updetr_d2.methods.updetr import FeatureReconstruction, PatchQueries, UPDETR
-
-from ....configs.demo.detr_R18_demo import dataloader, lr_multiplier, model, optimizer, train
-
-NUM_PATCHES = 4
-
-model._target_ = UPDETR
-model.num_classes = 1  # "patch"; the no-object class is added by the heads
-model.query_generator = L(PatchQueries)(
-    num_queries=20, hidden_dim="${..hidden_dim}", patch_feature_dim=512, query_dropout=0.1  # res5 of a ResNet-18
-)
-model.criterion.loss_terms.append(L(FeatureReconstruction)())
-model.criterion.weight_dict["loss_feature"] = 1.0
-model.freeze_backbone = True
-model.feature_reconstruction = True
-
-dataloader.train.dataset.names = "updetr_demo_unlabeled"
-dataloader.train.mapper = L(QueryPatchDatasetMapper)(
-    is_train=True, num_patches=NUM_PATCHES, patch_size=64, min_side=8,
-    min_sizes=(192, 224, 256), max_size=384, image_format="RGB",
-)
-del dataloader.test, dataloader.evaluator  # nothing to evaluate during pretraining
-
-lr_multiplier.scheduler.update(milestones=[250], num_updates=300)
-train.max_iter = 300
-train.checkpointer.period = 150
+add_updetr(model, patch_feature_dim=512)  # res5 of a ResNet-18
+use_query_patch_data(dataloader, "updetr_demo_unlabeled", num_patches=4, patch_size=64,
+                     min_sizes=DEMO_MIN_SIZES, max_size=DEMO_MAX_SIZE)
+lr_multiplier = use_demo_schedule(train, max_iter=300, decay_iter=250)
 train.output_dir = "./output/demo_updetr_pretrain_lazy"

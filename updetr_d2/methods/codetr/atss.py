@@ -3,7 +3,8 @@ Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020).
 
 Training only: it runs on the pyramid built from the DETR encoder output, adds its
 one-to-many losses and exports every anchor with its assignment (``PositiveSamples``)
-for Co-DETR's customized positive queries. See :mod:`.aux_heads` for the contract.
+for Co-DETR's customized positive queries. See :mod:`.aux_heads` for the contract and
+:mod:`.atss_assign` for the assignment itself.
 
 Conventions
 -----------
@@ -24,7 +25,7 @@ Conventions
   assigning) and gets no classification loss. It is still exported, as background.
 """
 import math
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode as CN
@@ -33,19 +34,17 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...modeling.criterion import average_over_workers
+from .atss_assign import assign_atss
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples
+from .fcos import fcos_centerness_targets
 
-__all__ = ["ATSSAssignment", "ATSSAuxHead", "add_atss_config", "assign_atss", "centerness_targets"]
-
-# A candidate's centre must be at least this far (pixels) inside the GT box; the margin of
-# the official ATSS code and mmdet (``> 0.01``), i.e. "strictly inside" up to rounding.
-_CENTER_INSIDE_MARGIN = 0.01
+__all__ = ["ATSSAuxHead", "add_atss_config", "centerness_targets"]
 
 
 def add_atss_config(cfg):
@@ -73,140 +72,10 @@ def add_atss_config(cfg):
     return cfg
 
 
-class ATSSAssignment(NamedTuple):
-    """Result of :func:`assign_atss` (unpacks as a tuple).
-
-    labels: [A] long, the assigned class, ``num_classes`` for background.
-    matched_idxs: [A] long, index of the assigned GT, -1 for background.
-    thresholds: [G] the IoU threshold (mean + std of the candidates' IoUs) of each GT.
-    """
-
-    labels: Tensor
-    matched_idxs: Tensor
-    thresholds: Tensor
-
-
-def assign_atss(
-    anchors: Union[Boxes, Tensor],
-    num_anchors_per_level: Sequence[int],
-    gt_boxes: Union[Boxes, Tensor],
-    gt_labels: Tensor,
-    num_classes: int,
-    topk: int = 9,
-    *,
-    anchor_centers: Optional[Tensor] = None,
-    valid: Optional[Tensor] = None,
-) -> ATSSAssignment:
-    """Adaptive Training Sample Selection for one image.
-
-    Args:
-        anchors: [A, 4] xyxy, the levels concatenated in order.
-        num_anchors_per_level: anchors of each level (sum = A); a level may have 0.
-        gt_boxes: [G, 4] xyxy (G may be 0); gt_labels: [G] long in ``0..num_classes-1``.
-        topk: candidates per level and GT: the ``topk`` anchors whose centres are
-            nearest (L2) to the GT centre; all of a level's (valid) anchors if fewer.
-        anchor_centers: [A, 2] the points used for distances and the inside test
-            (default: the anchors' centres).
-        valid: [A] bool, anchors allowed to be candidates (default: all); the others stay
-            background and do not enter the threshold statistics.
-
-    For each GT the candidates' IoUs give the threshold ``mean + std``; candidates with
-    IoU >= threshold whose centre lies strictly inside the GT are positive. ``std`` is the
-    unbiased (n - 1) one, as ``Tensor.std`` in the official ATSS code and mmdet's
-    ``ATSSAssigner`` (0 when there is a single candidate). An anchor positive for several
-    GTs goes to the one it overlaps most (highest IoU).
-    """
-    anchors = anchors.tensor if isinstance(anchors, Boxes) else anchors
-    gt_boxes = gt_boxes.tensor if isinstance(gt_boxes, Boxes) else gt_boxes
-    if anchors.dim() != 2 or anchors.shape[1] != 4:
-        raise ValueError(f"assign_atss: anchors must be [A, 4], got {tuple(anchors.shape)}")
-    if gt_boxes.dim() != 2 or gt_boxes.shape[1] != 4 or gt_labels.shape != (gt_boxes.shape[0],):
-        raise ValueError(
-            f"assign_atss: gt_boxes {tuple(gt_boxes.shape)} / gt_labels {tuple(gt_labels.shape)} must be [G, 4] / [G]"
-        )
-    num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
-    if sum(num_anchors_per_level) != num_anchors:
-        raise ValueError(
-            f"assign_atss: num_anchors_per_level {list(num_anchors_per_level)} do not sum to {num_anchors}"
-        )
-    if anchor_centers is None:
-        anchor_centers = (anchors[:, :2] + anchors[:, 2:]) / 2
-    if anchor_centers.shape != (num_anchors, 2):
-        raise ValueError(f"assign_atss: anchor_centers must be [{num_anchors}, 2], got {tuple(anchor_centers.shape)}")
-    if valid is not None and valid.shape != (num_anchors,):
-        raise ValueError(f"assign_atss: valid must be [{num_anchors}], got {tuple(valid.shape)}")
-
-    device = anchors.device
-    labels = torch.full((num_anchors,), num_classes, dtype=torch.long, device=device)
-    matched_idxs = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
-    thresholds = torch.zeros(num_gt, dtype=torch.float32, device=device)
-    if num_gt == 0 or num_anchors == 0:
-        return ATSSAssignment(labels, matched_idxs, thresholds)
-
-    anchors = anchors.float()
-    gt_boxes = gt_boxes.float().to(device)
-    anchor_centers = anchor_centers.float()
-    ious = pairwise_iou(Boxes(anchors), Boxes(gt_boxes))  # [A, G]
-    gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-    # Explicit differences, not torch.cdist (its matmul path is inexact and would reorder ties).
-    distances = (anchor_centers[:, None, :] - gt_centers[None, :, :]).pow(2).sum(-1).sqrt()  # [A, G]
-    if valid is not None:
-        distances = distances.masked_fill(~valid[:, None], float("inf"))
-
-    # The same k for every GT of a level (it only depends on the level's valid anchors).
-    candidate_idxs = []
-    start = 0
-    for n in num_anchors_per_level:
-        n_valid = n if valid is None else int(valid[start : start + n].sum())
-        k = min(topk, n_valid)
-        if k > 0:
-            idx = distances[start : start + n].topk(k, dim=0, largest=False).indices  # [k, G]
-            candidate_idxs.append(idx + start)
-        start += n
-    if not candidate_idxs:
-        return ATSSAssignment(labels, matched_idxs, thresholds)
-    candidate_idxs = torch.cat(candidate_idxs, dim=0)  # [K, G], distinct per column
-
-    candidate_ious = ious.gather(0, candidate_idxs)  # [K, G]
-    mean = candidate_ious.mean(0)
-    std = candidate_ious.std(0) if candidate_ious.shape[0] > 1 else torch.zeros_like(mean)
-    thresholds = mean + std
-    is_pos = candidate_ious >= thresholds[None, :]
-
-    centers = anchor_centers[candidate_idxs]  # [K, G, 2]
-    dist_to_sides = torch.stack(
-        [
-            centers[..., 0] - gt_boxes[None, :, 0],
-            centers[..., 1] - gt_boxes[None, :, 1],
-            gt_boxes[None, :, 2] - centers[..., 0],
-            gt_boxes[None, :, 3] - centers[..., 1],
-        ],
-        dim=-1,
-    )
-    is_pos &= dist_to_sides.min(dim=-1).values > _CENTER_INSIDE_MARGIN
-
-    # Scatter the positives' IoUs back to [A, G]; -inf elsewhere. Highest IoU wins conflicts.
-    pos_ious = torch.full_like(ious, float("-inf"))
-    pos_ious.scatter_(0, candidate_idxs, candidate_ious.masked_fill(~is_pos, float("-inf")))
-    best_iou, best_gt = pos_ious.max(dim=1)
-    positive = best_iou > float("-inf")
-    matched_idxs[positive] = best_gt[positive]
-    labels[positive] = gt_labels.to(device)[best_gt[positive]]
-    return ATSSAssignment(labels, matched_idxs, thresholds)
-
-
 def centerness_targets(points: Tensor, boxes: Tensor) -> Tensor:
     """FCOS/ATSS centerness of points [N, 2] w.r.t. their boxes [N, 4] (xyxy):
     ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``; points must lie inside."""
-    left = points[:, 0] - boxes[:, 0]
-    top = points[:, 1] - boxes[:, 1]
-    right = boxes[:, 2] - points[:, 0]
-    bottom = boxes[:, 3] - points[:, 1]
-    lr = torch.stack([left, right], dim=1)
-    tb = torch.stack([top, bottom], dim=1)
-    return torch.sqrt(
-        (lr.min(dim=1).values / lr.max(dim=1).values) * (tb.min(dim=1).values / tb.max(dim=1).values)
-    )
+    return fcos_centerness_targets(torch.cat([points - boxes[:, :2], boxes[:, 2:] - points], dim=1))
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
@@ -276,20 +145,7 @@ class ATSSAuxHead(AuxHead):
             bbox_reg_weights: Box2BoxTransform weights.
             prior_prob: initial foreground probability of the classifier.
         """
-        super().__init__()
-        self.in_features = list(in_features)
-        if not self.in_features:
-            raise ValueError("ATSSAuxHead: in_features is empty")
-        missing = [f for f in self.in_features if f not in input_shape]
-        if missing:
-            raise KeyError(f"ATSSAuxHead: in_features {missing} not in input_shape {sorted(input_shape)}")
-        shapes = [input_shape[f] for f in self.in_features]
-        channels = {s.channels for s in shapes}
-        if len(channels) != 1:
-            raise ValueError(f"ATSSAuxHead: all levels must have the same channels, got {channels}")
-        self.in_channels = channels.pop()
-        self.strides = [s.stride for s in shapes]
-        self.num_classes = num_classes
+        super().__init__(input_shape=input_shape, num_classes=num_classes, in_features=in_features)
         self.topk = topk
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -323,9 +179,7 @@ class ATSSAuxHead(AuxHead):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         c = cfg.MODEL.CO_DETR.ATSS
         return {
-            "input_shape": input_shape,
-            "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
-            "in_features": list(c.IN_FEATURES),
+            **cls._pyramid_config(cfg, c, input_shape),
             "topk": c.TOPK,
             "anchor_scale": c.ANCHOR_SCALE,
             "anchor_offset": c.ANCHOR_OFFSET,
@@ -339,20 +193,6 @@ class ATSSAuxHead(AuxHead):
         }
 
     # ------------------------------------------------------------------ predictions
-    def _select_features(self, features: Dict[str, Tensor]) -> List[Tensor]:
-        missing = [f for f in self.in_features if f not in features]
-        if missing:
-            raise KeyError(f"ATSSAuxHead: features lack levels {missing}; got {sorted(features)}")
-        feats = [features[f] for f in self.in_features]
-        batch = feats[0].shape[0]
-        for name, x in zip(self.in_features, feats):
-            if x.dim() != 4 or x.shape[0] != batch or x.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"ATSSAuxHead: feature {name!r} has shape {tuple(x.shape)}, "
-                    f"expected [{batch}, {self.in_channels}, H, W]"
-                )
-        return feats
-
     def predict(self, feats: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """Per-level predictions flattened in anchor order: logits [B, A, K], deltas
         [B, A, 4] (after the per-level scale), centerness logits [B, A]."""
@@ -369,12 +209,8 @@ class ATSSAuxHead(AuxHead):
     def forward(
         self, features: Dict[str, Tensor], images: ImageList, gt_instances: List[Instances]
     ) -> Tuple[Dict[str, Tensor], PositiveSamples]:
-        feats = self._select_features(features)
+        feats = self._select_features(features, images, gt_instances)
         batch = feats[0].shape[0]
-        if len(images.image_sizes) != batch or len(gt_instances) != batch:
-            raise ValueError(
-                f"ATSSAuxHead: {batch} feature maps, {len(images.image_sizes)} images, {len(gt_instances)} gt_instances"
-            )
         pred_logits, pred_deltas, pred_ctr = self.predict(feats)
 
         anchors_per_level = self.anchor_generator(feats)
@@ -416,17 +252,7 @@ class ATSSAuxHead(AuxHead):
         labels, targets, valids = [], [], []
         for (h, w), inst in zip(image_sizes, gt_instances):
             valid = (centers[:, 0] >= 0) & (centers[:, 0] < w) & (centers[:, 1] >= 0) & (centers[:, 1] < h)
-            if not inst.get_fields():  # an Instances without fields: an image without GT
-                gt_boxes = anchors.new_zeros((0, 4))
-                gt_classes = torch.zeros(0, dtype=torch.long, device=anchors.device)
-            elif not (inst.has("gt_boxes") and inst.has("gt_classes")):
-                raise KeyError(f"ATSSAuxHead: gt_instances need gt_boxes and gt_classes, got {list(inst.get_fields())}")
-            else:
-                gt_boxes = inst.gt_boxes.tensor if isinstance(inst.gt_boxes, Boxes) else inst.gt_boxes
-                gt_boxes = gt_boxes.to(anchors)
-                gt_classes = inst.gt_classes.to(anchors.device)
-            if len(gt_classes) and (gt_classes.min() < 0 or gt_classes.max() >= self.num_classes):
-                raise ValueError(f"ATSSAuxHead: gt_classes outside 0..{self.num_classes - 1}: {gt_classes.tolist()}")
+            gt_boxes, gt_classes = self._gt_boxes_and_classes(inst, anchors)
             assignment = assign_atss(
                 anchors,
                 num_anchors_per_level,

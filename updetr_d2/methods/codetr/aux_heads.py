@@ -18,10 +18,11 @@ A head is registered in ``AUX_HEAD_REGISTRY`` and built by
   the head with its assignment, from which the customized positive queries are made.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import torch
 from detectron2.layers import ShapeSpec
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
@@ -64,9 +65,84 @@ class PositiveSamples:
 
 
 class AuxHead(nn.Module):
-    """Base class of auxiliary heads; see the module docstring for the contract."""
+    """Base class of auxiliary heads; see the module docstring for the contract.
+
+    Its constructor checks the pyramid and sets ``in_features``, ``in_channels`` (the
+    common width of the levels), ``strides`` and ``num_classes``; error messages name the
+    concrete head.
+    """
 
     name: str = ""
+
+    def __init__(self, *, input_shape: Dict[str, ShapeSpec], num_classes: int, in_features: Sequence[str]):
+        super().__init__()
+        head = type(self).__name__
+        self.in_features = list(in_features)
+        if not self.in_features:
+            raise ValueError(f"{head}: in_features is empty")
+        missing = [f for f in self.in_features if f not in input_shape]
+        if missing:
+            raise ValueError(f"{head}: levels {missing} not in the pyramid {sorted(input_shape)}")
+        shapes = [input_shape[f] for f in self.in_features]
+        channels = {s.channels for s in shapes}
+        if len(channels) != 1:
+            raise ValueError(f"{head}: all levels need the same channels, got {channels}")
+        self.in_channels = channels.pop()
+        self.strides = [int(s.stride) for s in shapes]
+        self.num_classes = int(num_classes)
+
+    @staticmethod
+    def _pyramid_config(cfg, head_cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
+        """The base constructor's arguments for a head's ``from_config``: its levels from
+        its own node ``head_cfg``, the class count from the detector's."""
+        return {
+            "input_shape": input_shape,
+            "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
+            "in_features": list(head_cfg.IN_FEATURES),
+        }
+
+    def _select_features(
+        self, features: Dict[str, Tensor], images: ImageList, gt_instances: List[Instances]
+    ) -> List[Tensor]:
+        """The ``in_features`` maps, checked to be [B, in_channels, H, W] with one image and
+        one ``Instances`` per batch entry."""
+        head = type(self).__name__
+        missing = [f for f in self.in_features if f not in features]
+        if missing:
+            raise KeyError(f"{head}: features lack levels {missing}; got {sorted(features)}")
+        feats = [features[f] for f in self.in_features]
+        batch = feats[0].shape[0]
+        for name, x in zip(self.in_features, feats):
+            if x.dim() != 4 or x.shape[0] != batch or x.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"{head}: feature {name!r} has shape {tuple(x.shape)}, expected [{batch}, {self.in_channels}, H, W]"
+                )
+        if len(images.image_sizes) != batch or len(gt_instances) != batch:
+            raise ValueError(
+                f"{head}: {batch} feature maps, {len(images.image_sizes)} images, {len(gt_instances)} gt_instances"
+            )
+        return feats
+
+    def _gt_boxes_and_classes(self, inst: Instances, like: Tensor) -> Tuple[Tensor, Tensor]:
+        """An image's GT boxes [G, 4] (dtype and device of ``like``) and classes [G].
+
+        An ``Instances`` without any field is an image without annotations (G = 0). The
+        classes must lie in ``0..num_classes-1``: ``num_classes`` would silently become
+        background.
+        """
+        head = type(self).__name__
+        if not inst.get_fields():
+            return like.new_zeros((0, 4)), torch.zeros(0, dtype=torch.long, device=like.device)
+        if not (inst.has("gt_boxes") and inst.has("gt_classes")):
+            raise ValueError(f"{head}: gt_instances need gt_boxes and gt_classes, got {list(inst.get_fields())}")
+        boxes = inst.gt_boxes.tensor if isinstance(inst.gt_boxes, Boxes) else inst.gt_boxes
+        classes = inst.gt_classes.to(like.device)
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
+            raise ValueError(
+                f"{head}: gt_classes must lie in [0, {self.num_classes}), got "
+                f"[{int(classes.min())}, {int(classes.max())}]"
+            )
+        return boxes.to(like), classes
 
     def forward(
         self, features: Dict[str, Tensor], images: ImageList, gt_instances: List[Instances]

@@ -2,6 +2,8 @@
 auxiliary head's own node."""
 from detectron2.config import CfgNode as CN
 
+from ...config.registry import register_config
+
 from .atss import add_atss_config
 from .fcos import add_fcos_config
 from .rcnn import add_rcnn_config
@@ -9,6 +11,7 @@ from .rcnn import add_rcnn_config
 __all__ = ["add_codetr_config"]
 
 
+@register_config
 def add_codetr_config(cfg):
     cfg.MODEL.CO_DETR = CN()
     c = cfg.MODEL.CO_DETR

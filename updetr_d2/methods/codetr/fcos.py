@@ -37,7 +37,7 @@ Conventions (D2's FCOS kept unless the FCOS paper says otherwise):
   (not detached: the customized queries' feature term may train the encoder).
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from fvcore.nn import sigmoid_focal_loss_jit
@@ -211,22 +211,11 @@ class FCOSAuxHead(AuxHead):
             cls_weight, box_weight, centerness_weight: relative loss weights.
             box_point_scale: exported point boxes have side ``box_point_scale * stride``.
         """
-        super().__init__()
-        self.in_features = list(in_features)
-        missing = [f for f in self.in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"FCOSAuxHead: levels {missing} not in the pyramid {sorted(input_shape)}")
-        shapes = [input_shape[f] for f in self.in_features]
-        channels = {s.channels for s in shapes}
-        if len(channels) != 1:
-            raise ValueError(f"FCOSAuxHead: all levels need the same channels, got {sorted(channels)}")
-        self.in_channels = channels.pop()
-        self.strides = [int(s.stride) for s in shapes]
+        super().__init__(input_shape=input_shape, num_classes=num_classes, in_features=in_features)
         self.level_ranges = point_level_ranges(sizes_of_interest, len(self.in_features))
-        self.num_classes = int(num_classes)
 
         self.head = FCOSHead(
-            input_shape=shapes,
+            input_shape=[input_shape[f] for f in self.in_features],
             conv_dims=[self.in_channels] * int(num_convs),
             num_classes=self.num_classes,
             norm=_group_norm_32 if norm == "GN" else norm,
@@ -251,9 +240,7 @@ class FCOSAuxHead(AuxHead):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         f = cfg.MODEL.CO_DETR.FCOS
         return {
-            "input_shape": input_shape,
-            "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
-            "in_features": list(f.IN_FEATURES),
+            **cls._pyramid_config(cfg, f, input_shape),
             "num_convs": f.NUM_CONVS,
             "norm": f.NORM,
             "prior_prob": f.PRIOR_PROB,
@@ -277,39 +264,11 @@ class FCOSAuxHead(AuxHead):
         upper = torch.cat([torch.full((n,), hi, device=device) for n, (_, hi) in zip(counts, self.level_ranges)])
         return anchors, strides, lower, upper
 
-    @staticmethod
-    def _gt(inst: Instances) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        # An Instances with no fields at all is an image without annotations.
-        if not inst.has("gt_boxes"):
-            if len(inst.get_fields()) == 0:
-                return None, None
-            raise ValueError("FCOSAuxHead: gt_instances without gt_boxes")
-        if not inst.has("gt_classes"):
-            raise ValueError("FCOSAuxHead: gt_instances without gt_classes")
-        return inst.gt_boxes.tensor, inst.gt_classes
-
-    def _check_classes(self, classes: Tensor):
-        # A class id of num_classes would silently become background.
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
-            raise ValueError(
-                f"FCOSAuxHead: gt_classes must lie in [0, {self.num_classes}), got "
-                f"[{int(classes.min())}, {int(classes.max())}]"
-            )
-
     def forward(
         self, features: Dict[str, Tensor], images: ImageList, gt_instances: List[Instances]
     ) -> Tuple[Dict[str, Tensor], PositiveSamples]:
-        feats = [features[f] for f in self.in_features]
+        feats = self._select_features(features, images, gt_instances)
         B = feats[0].shape[0]
-        for name, x in zip(self.in_features, feats):
-            if x.dim() != 4 or x.shape[0] != B or x.shape[1] != self.in_channels:
-                raise ValueError(
-                    f"FCOSAuxHead: level {name} has shape {tuple(x.shape)}, expected [{B}, {self.in_channels}, H, W]"
-                )
-        if len(images.image_sizes) != B or len(gt_instances) != B:
-            raise ValueError(
-                f"FCOSAuxHead: batch of {B} features, {len(images.image_sizes)} images, {len(gt_instances)} gt_instances"
-            )
 
         logits, deltas, centerness = self.head(feats)
         logits = cat([permute_to_N_HWA_K(x, self.num_classes) for x in logits], dim=1)  # [B, R, K]
@@ -325,18 +284,17 @@ class FCOSAuxHead(AuxHead):
 
         labels, target_boxes, valid = [], [], []
         for inst, (h, w) in zip(gt_instances, images.image_sizes):
-            boxes, classes = self._gt(inst)
+            boxes, classes = self._gt_boxes_and_classes(inst, point_boxes)
             valid.append((centers[:, 0] < w) & (centers[:, 1] < h))
-            if boxes is None or boxes.shape[0] == 0:
+            if boxes.shape[0] == 0:
                 labels.append(torch.full((R,), self.num_classes, dtype=torch.long, device=centers.device))
                 target_boxes.append(point_boxes.clone())
                 continue
-            self._check_classes(classes)
             idx = fcos_assign(centers, strides, lower, upper, boxes, self.center_sampling_radius)
             pos = idx >= 0
             safe = idx.clamp(min=0)
             labels.append(torch.where(pos, classes[safe], torch.full_like(classes[safe], self.num_classes)))
-            target_boxes.append(torch.where(pos[:, None], boxes[safe].to(point_boxes.dtype), point_boxes))
+            target_boxes.append(torch.where(pos[:, None], boxes[safe], point_boxes))
         labels_t = torch.stack(labels)  # [B, R]
         valid_t = torch.stack(valid)  # [B, R]
         pos_mask = labels_t != self.num_classes

@@ -19,12 +19,14 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList
 from torch import nn
 
+from ...layers.encoder_memory import EncoderMemory
+from ...modeling.backbone import level_strides
+from ...modeling.meta_arch.base import DetectorState, add_losses
 from ...modeling.meta_arch.deformable_detr import DeformableDetr
 from .aux_heads import AuxHead, build_aux_head
-from .positive_queries import PositiveQueries, select_positive_queries
+from .positive_queries import PositiveQueries, PositiveQueryRoute, select_positive_queries
 
 __all__ = ["CoDeformableDetr", "pyramid_level_names", "pyramid_shapes"]
 
@@ -88,9 +90,8 @@ class CoDeformableDetr(DeformableDetr):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         c, d = cfg.MODEL.CO_DETR, cfg.MODEL.DETR
-        backbone = ret["backbone"]
-        extra = cfg.MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS - len(backbone.strides)
-        strides = list(backbone.strides) + [backbone.strides[-1] * 2 ** (k + 1) for k in range(extra + 1)]
+        # The encoder's levels and the pyramid's one extra level.
+        strides = level_strides(ret["backbone"].strides, cfg.MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS + 1)
         heads = [build_aux_head(name, cfg, pyramid_shapes(d.HIDDEN_DIM, strides)) for name in c.AUX_HEADS]
         positive_queries = None
         if c.POSITIVE_QUERIES and heads:
@@ -111,52 +112,33 @@ class CoDeformableDetr(DeformableDetr):
         return ret
 
     # --- the encoder pyramid --------------------------------------------------------
-    def encoder_pyramid(self, encoded) -> Dict[str, torch.Tensor]:
+    def encoder_pyramid(self, memory: EncoderMemory) -> Dict[str, torch.Tensor]:
         """The encoder memory cut back into its levels [B, d, H, W], plus the extra level."""
-        B, _, d = encoded.memory.shape
-        levels = []
-        for (h, w), start in zip(encoded.spatial_shapes.tolist(), encoded.level_start_index.tolist()):
-            levels.append(encoded.memory[:, start: start + h * w].transpose(1, 2).reshape(B, d, h, w))
+        levels = memory.level_maps()
         levels.append(self.pyramid_extra(levels[-1]))
-        strides = self.level_strides + [self.level_strides[-1] * 2]
+        strides = level_strides(self.backbone.strides, len(levels))
         return dict(zip(pyramid_level_names(strides), levels))
 
     # --- training -------------------------------------------------------------------
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        encoded = self.transformer.encode(*self.extract_features(images))
-        outputs = self.forward_decoder(batched_inputs, images, encoded)
-        if not self.training or not len(self.aux_heads):
-            return outputs
-        pyramid = self.encoder_pyramid(encoded)
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        co = []
+    def losses(self, state: DetectorState) -> Dict:
+        """The base model's losses, each auxiliary head's (x lambda2 x decoder depth) and
+        those of its positive queries, decoded in a pass of their own over the same memory."""
+        losses = super().losses(state)
+        if not len(self.aux_heads):
+            return losses
+        pyramid = self.encoder_pyramid(state.memory)
+        gt_instances = [x["instances"].to(self.device) for x in state.batched_inputs]
         for index, head in enumerate(self.aux_heads):
-            head_losses, samples = head(pyramid, images, gt_instances)
-            entry = {"name": head.name, "losses": head_losses}
-            if self.positive_queries is not None:
-                selected = select_positive_queries(
-                    samples, images.image_sizes, self.num_classes,
-                    self.min_positive_queries, self.max_positive_queries,
-                )
-                queries = self.positive_queries(index, selected, self.transformer.nhead)
-                entry["outputs"] = self.decode_queries(encoded, queries, len(images))
-                entry["selected"] = selected
-            co.append(entry)
-        outputs["co_detr"] = co
-        return outputs
-
-    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        co = outputs.pop("co_detr", [])
-        losses = super().losses(outputs, batched_inputs, images)
-        for entry in co:
-            for key, value in entry["losses"].items():
-                losses[key] = value * self.aux_loss_weight
-            if "outputs" in entry:
-                selected, head_outputs = entry["selected"], entry["outputs"]
-                for layer in [head_outputs, *head_outputs.get("aux_outputs", [])]:
-                    layer["query_valid"] = selected.valid
-                targets, indices = selected.targets_and_indices()
-                tagged = self.criterion(head_outputs, targets, indices=indices, tag=f"_co_{entry['name']}")
-                losses.update({k: v * self.positive_query_weight for k, v in tagged.items()})
+            head_losses, samples = head(pyramid, state.images, gt_instances)
+            add_losses(losses, {k: v * self.aux_loss_weight for k, v in head_losses.items()}, head.name)
+            if self.positive_queries is None:
+                continue
+            selected = select_positive_queries(
+                samples, state.images.image_sizes, self.num_classes,
+                self.min_positive_queries, self.max_positive_queries,
+            )
+            route = PositiveQueryRoute(selected, f"_co_{head.name}", self.positive_query_weight)
+            queries = self.positive_queries(index, selected, self.transformer.nhead, route)
+            outputs = self.decode_and_predict(state, queries)
+            add_losses(losses, self.set_losses(outputs, state.targets, queries), head.name)
         return losses
-

@@ -2,7 +2,7 @@
 proposals become extra decoder queries, supervised by that head's one-to-many
 assignment (no Hungarian matching).
 
-Per head and batch (``co_detr.md`` section 4):
+Per head and batch (the paper's customized positive queries, section 3.3):
 
 1. ``Q = clamp(max_b #positives_b, min_queries, max_queries)``; an image with more
    positives keeps a random subset of ``Q``.
@@ -29,11 +29,11 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ...layers.position_encoding import sine_embed_coordinates
-from ...modeling.attention_masks import QueryLayout, Segment, build_self_attn_mask, pad_invalid
+from ...modeling.attention_masks import QueryLayout, Segment, build_self_attn_mask, expand_to_heads, pad_invalid
 from ...modeling.queries import QueryBundle
 from .aux_heads import PositiveSamples
 
-__all__ = ["SelectedQueries", "select_positive_queries", "PositiveQueries"]
+__all__ = ["PositiveQueries", "PositiveQueryRoute", "SelectedQueries", "select_positive_queries"]
 
 
 @dataclass(eq=False)
@@ -68,6 +68,26 @@ class SelectedQueries:
             targets.append({"labels": self.labels[b, slots], "boxes": self.target_boxes[b, slots]})
             indices.append((slots, torch.arange(len(slots), device=slots.device)))
         return targets, indices
+
+
+class PositiveQueryRoute:
+    """Loss route of one head's positive queries (decoded in a pass of their own, so
+    they take the whole output dict): supervised by the head's assignment instead of
+    Hungarian matching, padding slots left out, keys tagged ``_co_{head}`` and scaled
+    by ``weight`` (the paper's lambda1)."""
+
+    def __init__(self, selected: SelectedQueries, tag: str, weight: float = 1.0):
+        self.selected, self.tag, self.weight = selected, tag, weight
+
+    def split(self, outputs):
+        return outputs, None
+
+    def losses(self, criterion, own, targets):
+        for layer in [own, *own.get("aux_outputs", [])]:
+            layer["query_valid"] = self.selected.valid
+        head_targets, indices = self.selected.targets_and_indices()
+        tagged = criterion(own, head_targets, indices=indices, tag=self.tag)
+        return {k: v * self.weight for k, v in tagged.items()}
 
 
 def _normalised_cxcywh(boxes: Tensor, size: Sequence[int]) -> Tensor:
@@ -122,9 +142,10 @@ class PositiveQueries(nn.Module):
     """Step 4 of the module docstring: queries from selected candidates, one set of
     projections per auxiliary head.
 
-    ``forward(head_index, selected, num_heads)`` -> :class:`QueryBundle` with the boxes
-    as reference points, content ``tgt`` and (unless ``anchor_queries``) ``query_pos``;
-    a self-attention mask hides padding slots when there are any.
+    ``forward(head_index, selected, num_heads, route)`` -> :class:`QueryBundle` with the
+    boxes as reference points, content ``tgt`` and (unless ``anchor_queries``)
+    ``query_pos``; a self-attention mask hides padding slots when there are any; the
+    bundle's loss route is ``route`` (a :class:`PositiveQueryRoute` in training).
     """
 
     def __init__(
@@ -147,7 +168,7 @@ class PositiveQueries(nn.Module):
             self.feature_norm = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_aux_heads))
         self.head_embed = nn.Embedding(num_aux_heads, hidden_dim)
 
-    def forward(self, head_index: int, selected: SelectedQueries, num_heads: int) -> QueryBundle:
+    def forward(self, head_index: int, selected: SelectedQueries, num_heads: int, route=None) -> QueryBundle:
         embedding = sine_embed_coordinates(selected.reference, self.hidden_dim // 2)
         embedding = self.box_norm[head_index](self.box_proj[head_index](embedding))
         if self.anchor_queries:
@@ -164,5 +185,8 @@ class PositiveQueries(nn.Module):
         mask = None
         if not bool(selected.valid.all()):
             layout = QueryLayout([Segment("aux", selected.num_queries, valid=selected.valid)])
-            mask = build_self_attn_mask(layout, [pad_invalid("aux")]).repeat_interleave(num_heads, dim=0)
-        return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=selected.reference, self_attn_mask=mask)
+            mask = expand_to_heads(build_self_attn_mask(layout, [pad_invalid("aux")]), num_heads)
+        meta = {"loss_routes": [route]} if route is not None else {}
+        return QueryBundle(
+            query_pos=query_pos, tgt=tgt, reference_points=selected.reference, self_attn_mask=mask, meta=meta
+        )

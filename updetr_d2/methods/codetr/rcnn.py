@@ -5,7 +5,7 @@ read): ``RPN`` with ``StandardRPNHead`` and ``DefaultAnchorGenerator``, and
 ``StandardROIHeads`` with a ``ROIPooler`` (ROIAlignV2, torchvision's ``roi_align``, so
 it runs on CPU), ``FastRCNNConvFCHead`` (2 FC of 1024) and ``FastRCNNOutputLayers``
 (class-specific deltas, GIoU loss on the decoded boxes). Settings follow Co-DETR's
-``co_deformable_detr_r50_1x_coco.py`` (spec ``co_detr.md`` section 3).
+``co_deformable_detr_r50_1x_coco.py`` (the paper's Co-Deformable-DETR setting).
 
 Conventions: boxes are absolute xyxy in input pixels; class labels are 0..K-1 and
 ``K = num_classes`` is background. Training only: the head computes losses and the
@@ -195,22 +195,11 @@ class FasterRCNNAuxHead(AuxHead):
                 (Detectron2's ROIPooler requirement) and channels equal.
             the rest: see :func:`add_rcnn_config` (same names, upper case).
         """
-        super().__init__()
-        in_features = list(in_features)
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(f"FasterRCNNAuxHead: levels {missing} not in the pyramid {sorted(input_shape)}")
-        shapes = [input_shape[f] for f in in_features]
-        channels = {s.channels for s in shapes}
-        if len(channels) != 1:
-            raise ValueError(f"FasterRCNNAuxHead: all levels need the same channels, got {channels}")
-        channels = channels.pop()
-        strides = [s.stride for s in shapes]
+        super().__init__(input_shape=input_shape, num_classes=num_classes, in_features=in_features)
+        channels, strides = self.in_channels, self.strides
         for a, b in zip(strides[:-1], strides[1:]):
             if b != 2 * a:
                 raise ValueError(f"FasterRCNNAuxHead: strides {strides} must double from level to level")
-        self.num_classes = num_classes
-        self.in_features = in_features
 
         anchor_generator = DefaultAnchorGenerator(
             sizes=rcnn_anchor_sizes(strides, anchor_octave_base_scale, anchor_scales_per_octave),
@@ -222,7 +211,7 @@ class FasterRCNNAuxHead(AuxHead):
             in_channels=channels, num_anchors=anchor_generator.num_anchors[0], box_dim=4
         )
         self.rpn = RPN(
-            in_features=in_features,
+            in_features=self.in_features,
             head=rpn_head,
             anchor_generator=anchor_generator,
             anchor_matcher=LowQualityMinMatcher(
@@ -270,7 +259,7 @@ class FasterRCNNAuxHead(AuxHead):
             positive_fraction=roi_positive_fraction,
             proposal_matcher=Matcher([roi_iou_threshold], [0, 1], allow_low_quality_matches=False),
             proposal_append_gt=proposal_append_gt,
-            box_in_features=in_features,
+            box_in_features=self.in_features,
             box_pooler=pooler,
             box_head=box_head,
             box_predictor=box_predictor,
@@ -280,9 +269,7 @@ class FasterRCNNAuxHead(AuxHead):
     def from_config(cls, cfg, input_shape):
         c = cfg.MODEL.CO_DETR.RCNN
         return {
-            "input_shape": input_shape,
-            "num_classes": cfg.MODEL.DETR.NUM_CLASSES,
-            "in_features": list(c.IN_FEATURES),
+            **cls._pyramid_config(cfg, c, input_shape),
             "anchor_octave_base_scale": c.ANCHOR_OCTAVE_BASE_SCALE,
             "anchor_scales_per_octave": c.ANCHOR_SCALES_PER_OCTAVE,
             "anchor_aspect_ratios": list(c.ANCHOR_ASPECT_RATIOS),
@@ -325,15 +312,12 @@ class FasterRCNNAuxHead(AuxHead):
                 "FasterRCNNAuxHead is training-only: call it with the head (and its rpn / "
                 "roi_heads) in training mode"
             )
-        if len(gt_instances) != len(images):
-            raise ValueError(f"FasterRCNNAuxHead: {len(images)} images but {len(gt_instances)} gt_instances")
+        feats = self._select_features(features, images, gt_instances)
         with _event_storage():
             proposals, rpn_losses = self.rpn(images, features, gt_instances)
             # Match / sample (positives first), GT boxes appended as proposals.
             proposals = self.roi_heads.label_and_sample_proposals(proposals, gt_instances)
-            roi_feats = self.roi_heads.box_pooler(
-                [features[f] for f in self.in_features], [p.proposal_boxes for p in proposals]
-            )  # [sum n_b, C, 7, 7]
+            roi_feats = self.roi_heads.box_pooler(feats, [p.proposal_boxes for p in proposals])  # [sum n_b, C, 7, 7]
             predictions = self.roi_heads.box_predictor(self.roi_heads.box_head(roi_feats))
             roi_losses = self.roi_heads.box_predictor.losses(predictions, proposals)
 

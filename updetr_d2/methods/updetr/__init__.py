@@ -1,9 +1,44 @@
 """UP-DETR (Dai et al., CVPR 2021): unsupervised pretraining of DETR by random query
-patch detection. The data side is ``updetr_d2.data.mappers.QueryPatchDatasetMapper``."""
+patch detection. Everything only UP-DETR needs lives here: the meta-architecture
+(``UpDetr``), its patch-conditioned queries and query groups, the feature
+reconstruction loss, the query patch and one-shot dataset mappers, one-shot
+evaluation, its config keys and its pretraining -> fine-tuning checkpoint hand-off."""
+from . import checkpoint  # noqa: F401  (registers the hand-off rule)
+from .config import add_updetr_pretraining_config
+from .groups import contiguous_group_sizes, contiguous_groups, updetr_group_mask
 from .losses import FeatureReconstruction
-from .meta_arch import UPDETR
-from .one_shot import OneShotDatasetMapper, evaluate_one_shot
+from .meta_arch import UPDETR, UpDetr
+from .one_shot_eval import evaluate_one_shot, format_one_shot_results
+from .one_shot_mapper import OneShotDatasetMapper
+from .patch_augmentation import augment_patches
+from .patch_sampling import crop_and_resize_patches, sample_patch_boxes
 from .queries import PatchQueries
+from .query_patch_mapper import (
+    UPDETR_MAX_SIZE,
+    UPDETR_MIN_SIZES,
+    QueryPatchDatasetMapper,
+    patch_detection_input,
+    patches_to_tensor,
+)
 
-__all__ = ["FeatureReconstruction", "PatchQueries", "UPDETR",
-           "OneShotDatasetMapper", "evaluate_one_shot"]
+__all__ = [
+    "FeatureReconstruction",
+    "OneShotDatasetMapper",
+    "PatchQueries",
+    "QueryPatchDatasetMapper",
+    "UPDETR",
+    "UPDETR_MAX_SIZE",
+    "UPDETR_MIN_SIZES",
+    "UpDetr",
+    "add_updetr_pretraining_config",
+    "augment_patches",
+    "contiguous_group_sizes",
+    "contiguous_groups",
+    "crop_and_resize_patches",
+    "evaluate_one_shot",
+    "format_one_shot_results",
+    "patch_detection_input",
+    "patches_to_tensor",
+    "sample_patch_boxes",
+    "updetr_group_mask",
+]

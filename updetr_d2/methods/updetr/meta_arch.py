@@ -5,18 +5,19 @@ from typing import Dict, List
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList
 
-from ...modeling.heads import MLP
+from ...layers.mlp import MLP
+from ...modeling.meta_arch.base import DecoderStates, DetectorState
 from ...modeling.meta_arch.detr import Detr, build_detr_criterion
 from ...modeling.queries import QueryBundle
 from .losses import FeatureReconstruction
 from .queries import PatchQueries
 
+__all__ = ["UPDETR", "UpDetr"]
 
 
 @META_ARCH_REGISTRY.register()
-class UPDETR(Detr):
+class UpDetr(Detr):
     """Random query patch detection (one "patch" class).
 
     Each input carries ``patches`` ([M, 3, S, S], from ``QueryPatchDatasetMapper``) and,
@@ -35,7 +36,7 @@ class UPDETR(Detr):
     def __init__(self, *, freeze_backbone: bool = True, feature_reconstruction: bool = True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(self.query_generator, PatchQueries):
-            raise TypeError(f"UPDETR needs PatchQueries as its query generator, got {type(self.query_generator)}")
+            raise TypeError(f"UpDetr needs PatchQueries as its query generator, got {type(self.query_generator)}")
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             for p in self.backbone.parameters():
@@ -65,12 +66,6 @@ class UPDETR(Detr):
             freeze_backbone=u.FREEZE_BACKBONE,
             feature_reconstruction=u.FEATURE_RECONSTRUCTION,
         )
-        num_patches, num_queries = u.NUM_PATCHES, cfg.MODEL.DETR.NUM_OBJECT_QUERIES
-        if num_patches > num_queries:
-            raise ValueError(
-                f"MODEL.UPDETR.NUM_PATCHES={num_patches} is more than MODEL.DETR.NUM_OBJECT_QUERIES="
-                f"{num_queries}: every patch needs at least one query"
-            )
         return ret
 
     def train(self, mode: bool = True):
@@ -83,7 +78,7 @@ class UPDETR(Detr):
         """Backbone features of every input's patches, global-average-pooled: ``[B, M, C]``."""
         if any("patches" not in x for x in batched_inputs):
             raise ValueError(
-                "UPDETR needs 'patches' in every input: use INPUT.DATASET_MAPPER "
+                "UpDetr needs 'patches' in every input: use INPUT.DATASET_MAPPER "
                 "'QueryPatchDatasetMapper' (or give query crops for one-shot detection)"
             )
         counts = {x["patches"].shape[0] for x in batched_inputs}
@@ -96,39 +91,43 @@ class UPDETR(Detr):
             features = self.backbone.backbone(patches)[self.backbone.in_features[-1]]
         return features.mean(dim=(2, 3)).view(batch, num_patches, -1)
 
-    def build_queries(self, batched_inputs: List[Dict], images: ImageList) -> QueryBundle:
-        features = self.patch_features(batched_inputs)
+    def build_queries(self, state: DetectorState) -> QueryBundle:
+        features = self.patch_features(state.batched_inputs)
         queries = self.query_generator(features)
         queries.meta["patch_features"] = features
         return queries
 
-    def predict(self, hs: torch.Tensor, queries: QueryBundle) -> Dict:
-        outputs = super().predict(hs, queries)
+    def predict(self, state: DetectorState, decoded: DecoderStates, queries: QueryBundle) -> Dict:
+        outputs = super().predict(state, decoded, queries)
         if self.feature_align is not None and self.training:
-            features = self.feature_align(hs)
+            features = self.feature_align(decoded.hs)
             outputs["pred_features"] = features[-1]
             for aux, layer_features in zip(outputs.get("aux_outputs", []), features[:-1]):
                 aux["pred_features"] = layer_features
-        outputs["patch_features"] = queries.meta["patch_features"]
-        outputs["query_groups"] = queries.meta["query_groups"]
         return outputs
 
-    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        targets = self.prepare_targets(batched_inputs, images)
-        if self.feature_align is None:
-            # Without reconstruction the boxes need not be the patches themselves (one-shot
-            # detection: one query crop, every object of its class as a target).
-            return self.criterion(outputs, targets)
-        for target, features in zip(targets, outputs["patch_features"]):
-            if len(target["boxes"]) != len(features):
-                raise ValueError(
-                    f"an input has {len(target['boxes'])} patch boxes but {len(features)} patches; "
-                    "for feature reconstruction box i must be where patch i was cut"
-                )
-            target["features"] = features
-        return self.criterion(outputs, targets)
+    def losses(self, state: DetectorState) -> Dict:
+        targets = state.targets
+        if self.feature_align is not None:
+            patch_features = state.queries.meta["patch_features"]
+            for target, features in zip(targets, patch_features):
+                if len(target["boxes"]) != len(features):
+                    raise ValueError(
+                        f"an input has {len(target['boxes'])} patch boxes but {len(features)} patches; "
+                        "for feature reconstruction box i must be where patch i was cut"
+                    )
+                target["features"] = features
+        # Without reconstruction the boxes need not be the patches themselves (one-shot
+        # detection: one query crop, every object of its class as a target).
+        return super().losses(state)
 
-    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+    def inference(self, state: DetectorState) -> List[Dict]:
+        outputs = state.outputs
         scores = outputs["pred_logits"].softmax(-1)[..., 0]
-        groups = outputs["query_groups"].expand_as(scores)
-        return self.detections(outputs["pred_boxes"], scores, groups, batched_inputs, images)
+        groups = state.queries.meta["query_groups"].expand_as(scores)
+        return self.detections(outputs["pred_boxes"], scores, groups, state.batched_inputs, state.images)
+
+
+# The name configs used before the class names were made consistent (``Detr``, ``UpDetr``).
+UPDETR = UpDetr
+META_ARCH_REGISTRY._do_register("UPDETR", UpDetr)

@@ -2,8 +2,8 @@
 import torch
 from torch import nn
 
-from ...modeling.attention_masks import contiguous_groups, updetr_group_mask
 from ...modeling.queries import QueryBundle
+from .groups import contiguous_groups, updetr_group_mask
 
 
 class PatchQueries(nn.Module):

@@ -1,18 +1,93 @@
-"""What every DETR-family meta-architecture here shares: input normalisation and
-batching, the ground truth in the criterion's format, the train / inference dispatch
-and one detection per kept query. Subclasses define ``forward_outputs`` (the model's
-output dict), ``losses`` and ``inference``."""
-from typing import Dict, List, Sequence
+"""What every DETR-family meta-architecture here shares: the named phases of the forward
+pass, input normalisation and batching, the ground truth in the criterion's format,
+loss routing, plug-ins, checkpoint hand-off rules and one detection per kept query.
+
+Phases (each an overridable method; :class:`DetectorState` carries their results)::
+
+    preprocess_image -> backbone_features -> encode -> [plugins.after_encode]
+      -> build_queries -> decode -> predict -> [plugins.after_predict]
+      -> losses (training: routed set losses + plug-in losses) | inference
+
+* ``backbone_features`` fills ``state.backbone_outputs`` (every output of the
+  Detectron2 backbone, e.g. ``res2``..``res5``, for a mask head) and ``state.features``
+  (the levels the transformer reads, with padding masks);
+* ``encode`` returns an :class:`~updetr_d2.layers.EncoderMemory` (memory, per-level
+  spatial shapes and padding masks) for encoder-side losses;
+* ``build_queries`` returns a :class:`~updetr_d2.modeling.queries.QueryBundle`; its
+  ``meta["loss_routes"]`` says which part of the outputs is supervised how (denoising
+  groups, two-stage proposals, positive queries), so no meta-architecture needs to know
+  which generator made the queries;
+* ``decode`` returns :class:`DecoderStates` (every decoder layer's output);
+* ``predict`` turns them into DETR's output dict (``pred_logits``, ``pred_boxes``,
+  ``aux_outputs``).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
-from torch import nn
+from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+from ...layers.encoder_memory import EncoderMemory
 from ..criterion import SetCriterion
+from ..queries import QueryBundle
 
-__all__ = ["SetPredictionDetector"]
+__all__ = [
+    "DecoderStates",
+    "DetectorState",
+    "SetPredictionDetector",
+    "register_checkpoint_rule",
+]
+
+
+@dataclass(eq=False)
+class DecoderStates:
+    """hs: [L, B, Q, d], every decoder layer's output; references: [L, B, Q, 2|4], the
+    reference each layer started from (deformable decoders; None for DETR)."""
+
+    hs: Tensor
+    references: Optional[Tensor] = None
+
+
+@dataclass(eq=False)
+class DetectorState:
+    """What the phases of one forward pass produce, in order; plug-ins read it."""
+
+    batched_inputs: List[Dict]
+    images: ImageList
+    make_targets: Callable[[], List[Dict]] = field(repr=False, default=None)
+    backbone_outputs: Dict[str, Tensor] = None
+    features: List[Tuple[Tensor, Tensor]] = None
+    memory: EncoderMemory = None
+    queries: QueryBundle = None
+    decoded: DecoderStates = None
+    outputs: Dict = None
+    extras: Dict = field(default_factory=dict)
+    _targets: Optional[List[Dict]] = field(default=None, repr=False)
+
+    @property
+    def targets(self) -> List[Dict]:
+        """The ground truth in the criterion's format, computed once on first use (an
+        unlabeled pretraining batch never asks for it)."""
+        if self._targets is None:
+            self._targets = self.make_targets()
+        return self._targets
+
+
+# Checkpoint hand-off rules: functions ``rule(model, state_dict, prefix)`` that edit a
+# checkpoint's state dict in place before it loads into a set-prediction detector (e.g.
+# fine-tuning from a pretraining checkpoint drops the pretext's heads). Methods register
+# their own, so the base class need not know any method.
+_CHECKPOINT_RULES: List[Callable] = []
+
+
+def register_checkpoint_rule(rule: Callable) -> Callable:
+    """Register ``rule(model, state_dict, prefix)``; usable as a decorator."""
+    if rule not in _CHECKPOINT_RULES:
+        _CHECKPOINT_RULES.append(rule)
+    return rule
 
 
 class SetPredictionDetector(nn.Module):
@@ -25,6 +100,7 @@ class SetPredictionDetector(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         size_divisibility: int = 32,
+        plugins: Sequence[nn.Module] = (),
     ):
         super().__init__()
         self.backbone = backbone
@@ -33,26 +109,63 @@ class SetPredictionDetector(nn.Module):
         self.size_divisibility = max(size_divisibility, getattr(backbone, "size_divisibility", 0))
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.plugins = nn.ModuleList(plugins)
 
     @property
     def device(self):
         return self.pixel_mean.device
 
+    # --- the phases -----------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict]):
+        state = self.run_phases(batched_inputs)
+        if self.training:
+            return self.losses(state)
+        return self.inference(state)
+
+    def run_phases(self, batched_inputs: List[Dict]) -> DetectorState:
+        """Every phase up to the output dict; returns the state (``state.outputs``)."""
+        images = self.preprocess_image(batched_inputs)
+        state = DetectorState(batched_inputs, images, lambda: self.prepare_targets(batched_inputs, images))
+        state.backbone_outputs, state.features = self.backbone_features(state)
+        state.memory = self.encode(state)
+        for plugin in self.plugins:
+            plugin.after_encode(self, state)
+        state.queries = self.build_queries(state)
+        state.decoded = self.decode(state, state.queries)
+        state.outputs = self.predict(state, state.decoded, state.queries)
+        for plugin in self.plugins:
+            plugin.after_predict(self, state)
+        return state
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
+    def backbone_features(self, state: DetectorState):
+        """(every backbone output by name, the transformer's levels as (feature, mask))."""
+        return self.backbone.forward_all(state.images)
+
+    def encode(self, state: DetectorState) -> EncoderMemory:
         raise NotImplementedError
 
-    def forward(self, batched_inputs: List[Dict]):
-        images = self.preprocess_image(batched_inputs)
-        outputs = self.forward_outputs(batched_inputs, images)
-        if self.training:
-            return self.losses(outputs, batched_inputs, images)
-        return self.inference(outputs, batched_inputs, images)
+    def build_queries(self, state: DetectorState) -> QueryBundle:
+        """The query generator's bundle; in training it is given the targets (denoising
+        queries are made from them)."""
+        context = {"targets": state.targets} if self.training else {}
+        return self.query_generator(len(state.images), **context)
 
-    # --- training -----------------------------------------------------------------
+    def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:
+        raise NotImplementedError
+
+    def predict(self, state: DetectorState, decoded: DecoderStates, queries: QueryBundle) -> Dict:
+        raise NotImplementedError
+
+    def decode_and_predict(self, state: DetectorState, queries: QueryBundle) -> Dict:
+        """An extra decoder pass over the same memory (e.g. Co-DETR's positive queries):
+        the output dict of ``queries``."""
+        return self.predict(state, self.decode(state, queries), queries)
+
+    # --- training -------------------------------------------------------------------
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Ground truth as the criterion wants it: labels and cxcywh boxes normalised by
         the (unpadded) image size."""
@@ -69,11 +182,31 @@ class SetPredictionDetector(nn.Module):
             targets.append({"labels": instances.gt_classes, "boxes": boxes})
         return targets
 
-    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+    def losses(self, state: DetectorState) -> Dict[str, Tensor]:
+        losses = self.set_losses(state.outputs, state.targets, state.queries)
+        for plugin in self.plugins:
+            add_losses(losses, plugin.losses(self, state), type(plugin).__name__)
+        return losses
 
-    # --- inference ----------------------------------------------------------------
-    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+    def set_losses(self, outputs: Dict, targets: List[Dict], queries: QueryBundle) -> Dict[str, Tensor]:
+        """The criterion's losses, routed by ``queries.meta["loss_routes"]``: each route
+        takes its part of the outputs (``split``) and supervises it its own way
+        (``losses``); what is left is matched to the targets as usual."""
+        routed = []
+        for route in queries.meta.get("loss_routes", ()):
+            own, outputs = route.split(outputs)
+            routed.append((route, own))
+        losses = {} if outputs is None else self.criterion(outputs, targets)
+        for route, own in routed:
+            add_losses(losses, route.losses(self.criterion, own, targets), type(route).__name__)
+        return losses
+
+    def training_hooks(self) -> List:
+        """Detectron2 hooks the training loops register for this model (its plug-ins')."""
+        return [hook for plugin in self.plugins for hook in plugin.training_hooks()]
+
+    # --- inference ------------------------------------------------------------------
+    def inference(self, state: DetectorState) -> List[Dict]:
         raise NotImplementedError
 
     def detections(self, pred_boxes, scores, classes, batched_inputs, images: ImageList) -> List[Dict]:
@@ -95,3 +228,17 @@ class SetPredictionDetector(nn.Module):
         """Rescale to the size the input asks for (its original image size)."""
         h, w = result.image_size
         return detector_postprocess(result, batched_input.get("height", h), batched_input.get("width", w))
+
+    # --- checkpoints ----------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for rule in _CHECKPOINT_RULES:
+            rule(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def add_losses(losses: Dict[str, Tensor], extra: Dict[str, Tensor], source: str) -> None:
+    """Merge ``extra`` into ``losses``; two contributions of one key are a bug, not a sum."""
+    clash = sorted(set(losses) & set(extra))
+    if clash:
+        raise ValueError(f"{source} returned loss keys the model already has: {clash}")
+    losses.update(extra)

@@ -1,34 +1,35 @@
 """Deformable DETR (Zhu et al., 2021) as a Detectron2 meta-architecture, with its
-iterative box refinement and two-stage variants, anchor queries (DAB-Deformable-DETR)
-and DN-DETR's denoising training (Li et al., 2022) as switches.
+iterative box refinement and two-stage variants and anchor queries
+(DAB-Deformable-DETR) as switches.
 
-Phases: ``extract_features`` (multi-scale backbone levels projected to the transformer
-width, plus extra strided levels) -> ``transformer.encode`` -> ``build_queries``
-(learned points, anchors, denoising groups, or the encoder's top proposals) ->
-``transformer.decode`` -> ``heads`` -> ``losses`` / ``inference``. The matcher,
-criterion, mapper and query generators are the project's shared ones.
+It fills in the phases of :class:`~updetr_d2.modeling.meta_arch.base.SetPredictionDetector`:
+``encode`` (multi-scale backbone levels projected to the transformer width, plus extra
+strided levels, through the deformable encoder) -> ``build_queries`` (learned points,
+anchors, any registered generator, or the encoder's top proposals) -> ``decode`` ->
+``predict`` (per-layer heads). The matcher, criterion, mapper and query generators are
+the project's shared ones; methods such as DN-DETR wrap the query generator and route
+their losses through the bundle's metadata.
 """
-import logging
 import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import ImageList
 from torch import nn
 
 from ...layers.deformable_transformer import DeformableTransformer
+from ...layers.encoder_memory import EncoderMemory
 from ...layers.position_encoding import PositionEmbeddingSine
-from ..backbone import MaskedBackbone, level_padding_mask, padding_mask
+from ..backbone import MaskedBackbone, level_padding_mask, level_strides, padding_mask
 from ..criterion import BoxL1GIoU, LabelFocal, SetCriterion
-from ..denoising import DenoisingQueries, dn_losses
 from ..heads import BoxRefinementHeads
 from ..matcher import HungarianMatcher
-from ..queries import AnchorQueries, LearnedPointQueries, QueryBundle, per_image
-from .base import SetPredictionDetector
+from ..plugins import build_plugins
+from ..queries import QueryBundle, build_query_generator, per_image
+from .base import DecoderStates, DetectorState, SetPredictionDetector
 
-__all__ = ["DeformableDetr", "build_deformable_criterion", "input_projections"]
+__all__ = ["DeformableDetr", "EncoderProposalRoute", "build_deformable_criterion", "input_projections"]
 
 
 def input_projections(in_channels: Sequence[int], hidden_dim: int, num_levels: int) -> nn.ModuleList:
@@ -71,43 +72,42 @@ def build_deformable_criterion(cfg, num_classes: Optional[int] = None) -> SetCri
 
 
 def build_deformable_query_generator(cfg) -> Optional[nn.Module]:
-    d, dd, dn = cfg.MODEL.DETR, cfg.MODEL.DEFORMABLE_DETR, cfg.MODEL.DN
-    if dn.ENABLED and not dd.ANCHOR_QUERIES:
-        raise ValueError(
-            "MODEL.DN.ENABLED needs anchor queries (noised boxes are the denoising queries' "
-            "anchors): set MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES True"
-        )
+    """None for two-stage (the queries come from the encoder), else the generator of
+    ``MODEL.DETR.QUERY_GENERATOR`` (default: anchors or learned points)."""
+    dd = cfg.MODEL.DEFORMABLE_DETR
     if dd.TWO_STAGE:
-        if dd.ANCHOR_QUERIES or dn.ENABLED:
+        if dd.ANCHOR_QUERIES or cfg.MODEL.DETR.QUERY_GENERATOR:
             raise ValueError(
                 "MODEL.DEFORMABLE_DETR.TWO_STAGE takes its queries from the encoder; it cannot be "
-                "combined with MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES or MODEL.DN.ENABLED"
+                "combined with MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES or MODEL.DETR.QUERY_GENERATOR"
             )
         return None
-    if not dd.ANCHOR_QUERIES:
-        return LearnedPointQueries(d.NUM_OBJECT_QUERIES, d.HIDDEN_DIM)
-    anchors = AnchorQueries(d.NUM_OBJECT_QUERIES, d.HIDDEN_DIM, with_indicator=dn.WITH_INDICATOR)
-    if not dn.ENABLED:
-        return anchors
-    return DenoisingQueries(
-        anchors,
-        num_classes=d.NUM_CLASSES,
-        hidden_dim=d.HIDDEN_DIM,
-        num_heads=d.NHEADS,
-        num_groups=dn.NUM_GROUPS,
-        label_noise_prob=dn.LABEL_NOISE_PROB,
-        box_noise_scale=dn.BOX_NOISE_SCALE,
-        mask_padding=dn.MASK_PADDING,
-    )
+    return build_query_generator(cfg, default="AnchorQueries" if dd.ANCHOR_QUERIES else "LearnedPointQueries")
+
+
+class EncoderProposalRoute:
+    """Loss route of two-stage Deformable DETR: the encoder's scored proposals are
+    supervised class-agnostically (every object is class 0), keys tagged ``_enc``."""
+
+    def __init__(self, enc_outputs: Dict):
+        self.enc_outputs = enc_outputs
+
+    def split(self, outputs: Dict):
+        return self.enc_outputs, outputs
+
+    def losses(self, criterion: SetCriterion, own: Dict, targets) -> Dict:
+        binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+        return criterion(own, binary, tag="_enc")
 
 
 @META_ARCH_REGISTRY.register()
 class DeformableDetr(SetPredictionDetector):
     """Deformable DETR: multi-scale deformable attention over several backbone levels,
     sigmoid focal classification, optional iterative box refinement and two-stage
-    queries; with anchor queries it is DAB-Deformable-DETR, and wrapping them in
-    :class:`DenoisingQueries` trains it as DN-Deformable-DETR (denoising only in
-    training: inference is the base model)."""
+    queries; with anchor queries it is DAB-Deformable-DETR (the base of DN-DETR).
+
+    ``num_queries`` is given only for two-stage (how many encoder proposals become
+    queries); otherwise the query generator holds the number."""
 
     @configurable
     def __init__(
@@ -122,12 +122,13 @@ class DeformableDetr(SetPredictionDetector):
         hidden_dim: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        num_queries: int = 300,
+        num_queries: Optional[int] = None,
         aux_loss: bool = True,
         with_box_refine: bool = False,
         two_stage: bool = False,
         test_topk: int = 100,
         size_divisibility: int = 32,
+        plugins: Sequence[nn.Module] = (),
     ):
         super().__init__(
             backbone=backbone,
@@ -136,10 +137,16 @@ class DeformableDetr(SetPredictionDetector):
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             size_divisibility=size_divisibility,
+            plugins=plugins,
         )
         if two_stage != (query_generator is None):
             raise ValueError("two-stage Deformable DETR takes its queries from the encoder: "
                              "give query_generator=None exactly when two_stage=True")
+        if two_stage and num_queries is None:
+            raise ValueError("two-stage Deformable DETR needs num_queries (encoder proposals kept)")
+        if not two_stage and num_queries is not None:
+            raise ValueError("num_queries is for two-stage only; the query generator holds the "
+                             "number of queries")
         if two_stage and not transformer.two_stage:
             raise ValueError("two_stage=True needs a DeformableTransformer built with two_stage=True")
         self.position_embedding = position_embedding
@@ -151,12 +158,10 @@ class DeformableDetr(SetPredictionDetector):
             share=not with_box_refine, two_stage=two_stage, aux_loss=aux_loss,
             box_references=transformer.decoder.anchor_queries,
         )
-        self.num_queries = num_queries
+        self.num_proposals = num_queries
         self.two_stage = two_stage
         self.test_topk = test_topk
-        # Stride of every transformer level: the backbone's, then x2 per extra level.
-        extra = transformer.num_feature_levels - len(backbone.strides)
-        self.level_strides = list(backbone.strides) + [backbone.strides[-1] * 2 ** (k + 1) for k in range(extra)]
+        self.level_strides = level_strides(backbone.strides, transformer.num_feature_levels)
 
     @classmethod
     def from_config(cls, cfg):
@@ -183,118 +188,70 @@ class DeformableDetr(SetPredictionDetector):
             "hidden_dim": d.HIDDEN_DIM,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "num_queries": d.NUM_OBJECT_QUERIES,
+            "num_queries": d.NUM_OBJECT_QUERIES if dd.TWO_STAGE else None,
             "aux_loss": d.DEEP_SUPERVISION,
             "with_box_refine": dd.WITH_BOX_REFINE,
             "two_stage": dd.TWO_STAGE,
             "test_topk": dd.TEST_TOPK,
             "size_divisibility": d.SIZE_DIVISIBILITY,
+            "plugins": build_plugins(cfg),
         }
 
+    @property
+    def num_queries(self) -> int:
+        return self.num_proposals if self.two_stage else self.query_generator.num_queries
+
     # --- phases -------------------------------------------------------------------
-    def extract_features(self, images: ImageList):
-        """Per level: the feature projected to the transformer width [B, d, H, W], its
-        padding mask [B, H, W] and its position embedding."""
-        levels = self.backbone(images)
+    def encode(self, state: DetectorState) -> EncoderMemory:
+        """Every level projected to the transformer width (the extra levels by strided
+        convolutions from the last backbone level), with its padding mask and position
+        embedding, through the deformable encoder."""
+        levels = state.features
         srcs = [proj(x) for proj, (x, _) in zip(self.input_proj, levels)]
         masks = [m for _, m in levels]
         if len(self.input_proj) > len(levels):
-            image_mask = padding_mask(images)
+            image_mask = padding_mask(state.images)
             previous = levels[-1][0]
             for proj in self.input_proj[len(levels):]:
                 previous = proj(previous)
                 srcs.append(previous)
                 masks.append(level_padding_mask(image_mask, previous.shape[-2:]))
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        return srcs, masks, pos
+        return self.transformer.encode(srcs, masks, pos)
 
-    def build_queries(self, batched_inputs: List[Dict], images: ImageList, encoded) -> QueryBundle:
-        batch = len(images)
-        if self.two_stage:
-            query_pos, tgt, reference, enc_outputs = self.transformer.two_stage_proposals(
-                encoded, self.heads.class_embed[-1], self.heads.bbox_embed[-1], self.num_queries
-            )
-            return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference,
-                               meta={"enc_outputs": enc_outputs})
-        context = {}
-        if self.training and isinstance(self.query_generator, DenoisingQueries):
-            context["targets"] = self.prepare_targets(batched_inputs, images)
-        return self.query_generator(batch, **context)
+    def build_queries(self, state: DetectorState) -> QueryBundle:
+        if not self.two_stage:
+            return super().build_queries(state)
+        query_pos, tgt, reference, enc_outputs = self.transformer.two_stage_proposals(
+            state.memory, self.heads.class_embed[-1], self.heads.bbox_embed[-1], self.num_proposals
+        )
+        routes = [EncoderProposalRoute(enc_outputs)] if self.training else []
+        return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference, meta={"loss_routes": routes})
 
-    def decode_queries(self, encoded, queries: QueryBundle, batch: int) -> Dict:
-        """Run ``queries`` through the decoder over ``encoded`` and the heads: the output
-        dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``)."""
+    def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:
+        batch = len(state.images)
         hs, references = self.transformer.decode(
-            encoded,
+            state.memory,
             per_image(queries.tgt, batch),
             per_image(queries.reference_points, batch),
             query_pos=per_image(queries.query_pos, batch),
             self_attn_mask=queries.self_attn_mask,
             bbox_embed=self.heads.decoder_box_heads,
         )
-        return self.heads(hs, references)
+        return DecoderStates(hs, references)
 
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        encoded = self.transformer.encode(*self.extract_features(images))
-        return self.forward_decoder(batched_inputs, images, encoded)
-
-    def forward_decoder(self, batched_inputs: List[Dict], images: ImageList, encoded) -> Dict:
-        """Queries for the encoded images, decoded; in training with what the losses need
-        of the queries (two-stage proposals' outputs, denoising groups)."""
-        queries = self.build_queries(batched_inputs, images, encoded)
-        outputs = self.decode_queries(encoded, queries, len(images))
-        if self.training:
-            outputs.update({k: queries.meta[k] for k in ("enc_outputs", "dn") if k in queries.meta})
-        return outputs
-
-    # --- training -----------------------------------------------------------------
-    def losses(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        targets = self.prepare_targets(batched_inputs, images)
-        enc_outputs = outputs.pop("enc_outputs", None)
-        groups = outputs.pop("dn", None)
-        matching = outputs if groups is None else groups.split(outputs)[1]
-        losses = self.criterion(matching, targets)
-        if enc_outputs is not None:
-            # Two-stage: proposals are scored class-agnostically (every object is class 0).
-            binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            losses.update(self.criterion(enc_outputs, binary, tag="_enc"))
-        if isinstance(self.query_generator, DenoisingQueries):
-            # Reconstruction of the clean ground truth by the denoising groups, reported
-            # separately (``loss_*_dn``); zeros when the batch has no objects.
-            losses.update(dn_losses(self.criterion, outputs, targets, groups))
-        return losses
+    def predict(self, state: DetectorState, decoded: DecoderStates, queries: QueryBundle) -> Dict:
+        return self.heads(decoded.hs, decoded.references)
 
     # --- inference ----------------------------------------------------------------
-    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+    def inference(self, state: DetectorState) -> List[Dict]:
         """The ``test_topk`` most probable (query, class) pairs of each image, as Deformable
         DETR: a query may give several detections of different classes."""
+        outputs = state.outputs
         probs = outputs["pred_logits"].sigmoid()
         batch, num_queries, num_classes = probs.shape
         k = min(self.test_topk, num_queries * num_classes)
         scores, index = probs.view(batch, -1).topk(k, dim=1)
         query = torch.div(index, num_classes, rounding_mode="floor")
         boxes = outputs["pred_boxes"].gather(1, query[..., None].expand(-1, -1, 4))
-        return self.detections(boxes, scores, index % num_classes, batched_inputs, images)
-
-    # --- checkpoints ----------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Weights move between denoising on and off: inside :class:`DenoisingQueries` the
-        anchor queries are ``query_generator.base.*``, without it ``query_generator.*``;
-        DN's label embedding only serves training and is left out (logged) for a model
-        without denoising."""
-        generator = prefix + "query_generator."
-        has_dn = isinstance(self.query_generator, DenoisingQueries)
-        renamed = {}
-        for key in list(state_dict):
-            if not key.startswith(generator):
-                continue
-            rest = key[len(generator):]
-            if has_dn and not rest.startswith(("base.", "label_enc.")):
-                renamed[generator + "base." + rest] = state_dict.pop(key)
-            elif not has_dn and rest.startswith("base."):
-                renamed[generator + rest[len("base."):]] = state_dict.pop(key)
-            elif not has_dn and rest.startswith("label_enc."):
-                del state_dict[key]
-                logging.getLogger(__name__).info("Denoising is off: %s not loaded", key)
-        state_dict.update(renamed)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return self.detections(boxes, scores, index % num_classes, state.batched_inputs, state.images)

@@ -1,28 +1,28 @@
 """DETR (Carion et al., 2020) as a Detectron2 meta-architecture.
 
-The forward pass is split into phases that later methods override one at a time:
-``preprocess_image`` -> ``build_queries`` -> ``decode`` (``extract_features`` and the
-transformer) -> ``predict`` (heads) -> ``losses`` (training) or ``inference``. UP-DETR replaces
-``build_queries`` and adds an output and a loss; DN-DETR and Co-DETR add query groups.
+It fills in the phases of :class:`~updetr_d2.modeling.meta_arch.base.SetPredictionDetector`
+with DETR's parts: the last backbone level projected to the transformer width and
+encoded, learned queries (any registered generator), the transformer decoder, and
+class + box heads; methods override one phase at a time (UP-DETR replaces
+``build_queries`` and adds an output and a loss).
 """
-import logging
 import math
 from typing import Dict, List, Sequence
 
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import ImageList
 from torch import nn
 
+from ...layers.encoder_memory import EncoderMemory
 from ...layers.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from ...layers.transformer import Transformer
 from ..backbone import MaskedBackbone
 from ..criterion import BoxL1GIoU, LabelCrossEntropy, SetCriterion
 from ..heads import DetrPredictionHeads
 from ..matcher import HungarianMatcher
-from ..queries import LearnedQueries, QueryBundle
-from .base import SetPredictionDetector
+from ..plugins import build_plugins
+from ..queries import QueryBundle, build_query_generator
+from .base import DecoderStates, DetectorState, SetPredictionDetector
 
 __all__ = ["Detr", "build_position_embedding", "build_transformer", "build_detr_criterion"]
 
@@ -86,6 +86,7 @@ class Detr(SetPredictionDetector):
         pixel_std: Sequence[float],
         aux_loss: bool = True,
         size_divisibility: int = 32,
+        plugins: Sequence[nn.Module] = (),
     ):
         super().__init__(
             backbone=backbone,
@@ -94,6 +95,7 @@ class Detr(SetPredictionDetector):
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             size_divisibility=size_divisibility,
+            plugins=plugins,
         )
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1)
@@ -108,7 +110,7 @@ class Detr(SetPredictionDetector):
             "backbone": MaskedBackbone(build_backbone(cfg), [d.IN_FEATURE]),
             "position_embedding": build_position_embedding(cfg),
             "transformer": build_transformer(cfg),
-            "query_generator": LearnedQueries(d.NUM_OBJECT_QUERIES, d.HIDDEN_DIM),
+            "query_generator": build_query_generator(cfg, default="LearnedQueries"),
             "criterion": build_detr_criterion(cfg),
             "num_classes": d.NUM_CLASSES,
             "hidden_dim": d.HIDDEN_DIM,
@@ -116,56 +118,29 @@ class Detr(SetPredictionDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "aux_loss": d.DEEP_SUPERVISION,
             "size_divisibility": d.SIZE_DIVISIBILITY,
+            "plugins": build_plugins(cfg),
         }
 
     # --- phases -------------------------------------------------------------------
-    def extract_features(self, images: ImageList):
-        """The last backbone level, projected to the transformer width, its padding
-        mask and its position embedding."""
-        feature, mask = self.backbone(images)[-1]
+    def encode(self, state: DetectorState) -> EncoderMemory:
+        """The last transformer level projected to the transformer width, encoded."""
+        feature, mask = state.features[-1]
         pos = self.position_embedding(mask).to(feature.dtype)
-        return self.input_proj(feature), mask, pos
+        return self.transformer.encode(self.input_proj(feature), mask, pos)
 
-    def build_queries(self, batched_inputs: List[Dict], images: ImageList) -> QueryBundle:
-        return self.query_generator(len(images))
-
-    def decode(self, images: ImageList, queries: QueryBundle) -> torch.Tensor:
-        """Decoder states of every layer, ``[L, B, Q, d]``."""
-        src, mask, pos = self.extract_features(images)
-        hs, _ = self.transformer(
-            src, mask, queries.query_pos, pos, tgt=queries.tgt, self_attn_mask=queries.self_attn_mask
+    def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:
+        hs = self.transformer.decode(
+            state.memory, queries.query_pos, tgt=queries.tgt, self_attn_mask=queries.self_attn_mask
         )
-        return hs
+        return DecoderStates(hs)
 
-    def predict(self, hs: torch.Tensor, queries: QueryBundle) -> Dict:
+    def predict(self, state: DetectorState, decoded: DecoderStates, queries: QueryBundle) -> Dict:
         """DETR's output dict (``pred_logits``, ``pred_boxes``, ``aux_outputs``) from decoder states."""
-        return self.heads(hs)
-
-    def forward_outputs(self, batched_inputs: List[Dict], images: ImageList) -> Dict:
-        queries = self.build_queries(batched_inputs, images)
-        return self.predict(self.decode(images, queries), queries)
+        return self.heads(decoded.hs)
 
     # --- inference ----------------------------------------------------------------
-    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+    def inference(self, state: DetectorState) -> List[Dict]:
         """One detection per query: its most likely real class (no-object excluded)."""
+        outputs = state.outputs
         scores, labels = outputs["pred_logits"].softmax(-1)[..., :-1].max(-1)
-        return self.detections(outputs["pred_boxes"], scores, labels, batched_inputs, images)
-
-    # --- checkpoints ----------------------------------------------------------------
-    # Keys only an UP-DETR pretraining checkpoint has, and the pretext's class head.
-    PRETRAINING_ONLY_KEYS = ("query_generator.patch2query.", "feature_align.", "heads.class_embed.")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Fine-tuning from an UP-DETR pretraining checkpoint: as the paper, everything
-        loads except the patch projection, the feature head and the class head (the
-        pretext's "patch" class means nothing to the detector); what was dropped is logged."""
-        is_pretraining = any(k.startswith(prefix + "query_generator.patch2query.") for k in state_dict)
-        if is_pretraining and not hasattr(self.query_generator, "patch2query"):
-            dropped = [k for k in list(state_dict) if k[len(prefix):].startswith(self.PRETRAINING_ONLY_KEYS)]
-            for key in dropped:
-                del state_dict[key]
-            logging.getLogger(__name__).info(
-                "Initialising %s from an UP-DETR pretraining checkpoint; not loaded: %s",
-                type(self).__name__, ", ".join(k[len(prefix):] for k in dropped),
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return self.detections(outputs["pred_boxes"], scores, labels, state.batched_inputs, state.images)

@@ -1,28 +1,22 @@
-"""One-shot detection with UP-DETR (paper, section 6; protocol of CoAE, Hsieh et al. 2019).
+"""One-shot detection input for UP-DETR (paper, section 6; protocol of CoAE, Hsieh et
+al. 2019): a target image and ONE query patch (a ground-truth crop of some class taken
+from another image); the model finds every object of that class in the target. The model
+is the ``UpDetr`` meta-architecture with ``INPUT.QUERY_PATCH.NUM_PATCHES 1`` (the patch is
+added to all object queries, no group mask) and ``MODEL.UPDETR.FEATURE_RECONSTRUCTION
+False`` (so any number of target boxes goes with the single patch); its class head is
+binary (match / no match).
 
-Given a target image and ONE query patch (a ground-truth crop of some class taken from
-another image), find every object of that class in the target. The model is the
-``UPDETR`` meta-architecture with ``MODEL.UPDETR.NUM_PATCHES 1`` (the patch is added to
-all object queries, no group mask) and ``MODEL.UPDETR.FEATURE_RECONSTRUCTION False``
-(so any number of target boxes goes with the single patch); its class head is binary
-(match / no match).
-
-* :class:`OneShotDatasetMapper` (``INPUT.DATASET_MAPPER "OneShotDatasetMapper"``) turns a
-  labelled record into ``image`` + one query ``patches`` + the boxes of the query's class.
-* :func:`evaluate_one_shot` runs the protocol on a labelled dataset: every (image, class
-  present) pair gets one seeded query crop from another image; AP50 per class with
-  pycocotools, restricted to the queried pairs, averaged over seen and unseen classes.
-* yaml keys: ``INPUT.ONE_SHOT.*`` (``updetr_d2.config.add_updetr_pretraining_config``).
+:class:`OneShotDatasetMapper` (``INPUT.DATASET_MAPPER "OneShotDatasetMapper"``) turns a
+labelled record into ``image`` + one query ``patches`` + the boxes of the query's class;
+yaml keys ``INPUT.ONE_SHOT.*`` (``config.py``). The evaluation protocol is in
+``one_shot_eval.py``.
 """
-import contextlib
-import io
 import logging
 import math
 import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
@@ -30,16 +24,12 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from ...data.mappers import MAPPER_REGISTRY
-from ...data.mappers.query_patch import (
-    augment_patches,
-    crop_and_resize_patches,
-    file_key,
-    numpy_global_seed,
-    patch_detection_input,
-    patches_to_tensor,
-)
+from .patch_augmentation import augment_patches
+from .patch_sampling import crop_and_resize_patches
+from .query_patch_mapper import patch_detection_input, patches_to_tensor, read_image_file, resize_from_config
+from .seeding import record_rng, seeded_augment
 
-__all__ = ["OneShotDatasetMapper", "evaluate_one_shot"]
+__all__ = ["OneShotDatasetMapper", "resolve_classes", "valid_annotations"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +37,7 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- helpers
 
 
-def _valid_annotations(record: Dict):
+def valid_annotations(record: Dict):
     """``(contiguous class, XYXY float box)`` of the record's non-crowd annotations with a
     positive width and height, in the record's order."""
     for ann in record.get("annotations", ()):
@@ -69,7 +59,7 @@ def _crop_box(box: np.ndarray, height: int, width: int) -> Optional[np.ndarray]:
     return np.array([[x0, y0, x1, y1]], dtype=np.int64)
 
 
-def _resolve_classes(classes, class_names: Optional[Sequence[str]]) -> Optional[List[int]]:
+def resolve_classes(classes, class_names: Optional[Sequence[str]]) -> Optional[List[int]]:
     """Class names or contiguous ids -> sorted contiguous ids (``None``/empty: all)."""
     if classes is None or len(classes) == 0:
         return None
@@ -178,7 +168,7 @@ class OneShotDatasetMapper:
             augmentations = [T.ResizeShortestEdge(sizes, max_size, sample_style="choice")]
         self.is_train = is_train
         self.class_names = None if class_names is None else list(class_names)
-        self.classes = _resolve_classes(classes, self.class_names)
+        self.classes = resolve_classes(classes, self.class_names)
         self.patch_size = int(patch_size)
         self.patch_augment = bool(patch_augment)
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -194,7 +184,7 @@ class OneShotDatasetMapper:
         self._file_ids = file_ids
         per_class: Dict[int, Tuple[List[int], List[np.ndarray]]] = {}
         for i, record in enumerate(records):
-            for c, box in _valid_annotations(record):
+            for c, box in valid_annotations(record):
                 idx, boxes = per_class.setdefault(c, ([], []))
                 idx.append(i)
                 boxes.append(box)
@@ -209,12 +199,9 @@ class OneShotDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         one_shot = cfg.INPUT.ONE_SHOT
         if is_train:
-            names, min_sizes, max_size = cfg.DATASETS.TRAIN, cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
-            sample_style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
-            classes = list(one_shot.SEEN_CLASSES) or None
+            names, classes = cfg.DATASETS.TRAIN, list(one_shot.SEEN_CLASSES) or None
         else:
-            names, min_sizes, max_size = cfg.DATASETS.TEST, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-            sample_style, classes = "choice", None
+            names, classes = cfg.DATASETS.TEST, None
         qp = cfg.INPUT.QUERY_PATCH
         return {
             "is_train": is_train,
@@ -222,7 +209,7 @@ class OneShotDatasetMapper:
             "classes": classes,
             "patch_size": qp.SIZE,
             "patch_augment": one_shot.AUGMENT,
-            "augmentations": [T.ResizeShortestEdge(min_sizes, max_size, sample_style)],
+            "augmentations": [resize_from_config(cfg, is_train)],
             "image_format": cfg.INPUT.FORMAT,
             "seed": None if qp.SEED == -1 else qp.SEED,
         }
@@ -234,16 +221,11 @@ class OneShotDatasetMapper:
 
     # --- steps (public so that evaluation and tools can reuse them) ----------------
     def record_rng(self, dataset_dict: Dict) -> np.random.Generator:
-        if self.seed is None:
-            return np.random.default_rng(np.random.randint(0, 2**32, size=4, dtype=np.int64))
-        return np.random.default_rng([self.seed, file_key(dataset_dict["file_name"])])
+        return record_rng(self.seed, dataset_dict["file_name"])
 
     def read_image(self, file_name: str, dataset_dict: Optional[Dict] = None) -> np.ndarray:
         """HxWx3 uint8 in ``image_format``; checks/sets ``dataset_dict``'s height/width."""
-        try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except Exception as e:
-            raise ValueError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
+        image = read_image_file(file_name, self.image_format)
         if dataset_dict is not None:
             utils.check_image_size(dataset_dict, image)
         return image
@@ -259,7 +241,7 @@ class OneShotDatasetMapper:
 
     def query_classes(self, dataset_dict: Dict) -> List[int]:
         """The classes a query can be made for in this record, sorted."""
-        present = {c for c, _ in _valid_annotations(dataset_dict)}
+        present = {c for c, _ in valid_annotations(dataset_dict)}
         if self.classes is not None:
             present &= set(self.classes)
         return [c for c in sorted(present) if len(self.candidates(c, dataset_dict["file_name"]))]
@@ -285,10 +267,7 @@ class OneShotDatasetMapper:
 
     def resize(self, image: np.ndarray, resize_seed: Optional[int]):
         """The augmented (resized) image and the transforms applied."""
-        aug_input = T.AugInput(image)
-        with numpy_global_seed(resize_seed):
-            transforms = self.augmentations(aug_input)
-        return aug_input.image, transforms
+        return seeded_augment(self.augmentations, image, resize_seed)
 
     def map_query(self, dataset_dict: Dict, class_id: int, rng: np.random.Generator,
                   resize_seed: Optional[int] = None) -> Optional[Dict]:
@@ -300,7 +279,7 @@ class OneShotDatasetMapper:
         patches, source = query
         image = self.read_image(dataset_dict["file_name"], dataset_dict)
         image, transforms = self.resize(image, resize_seed)
-        boxes = np.array([b for c, b in _valid_annotations(dataset_dict) if c == class_id]).reshape(-1, 4)
+        boxes = np.array([b for c, b in valid_annotations(dataset_dict) if c == class_id]).reshape(-1, 4)
         boxes = transforms.apply_box(boxes) if len(boxes) else boxes
         return dict(patch_detection_input(dataset_dict, image, boxes, patches),
                     query_class=int(class_id), query_source=source)
@@ -315,176 +294,3 @@ class OneShotDatasetMapper:
             if out is not None:
                 return out
         return None
-
-
-# ----------------------------------------------------------------------------- evaluation
-def _class_ids(classes, class_names: Sequence[str]) -> List[int]:
-    return _resolve_classes(classes, class_names) or []
-
-
-def _coco_ap50(pairs: List[Dict], detections: List[Dict], class_ids: List[int]) -> Dict[int, float]:
-    """AP50 (%) per class over the given (image, class) pairs with pycocotools.
-
-    Each pair is its own COCO "image" holding only the ground truth of its class, so a
-    class is evaluated exactly on the images it was queried on."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    categories = [{"id": c + 1, "name": str(c)} for c in class_ids]
-    images = [{"id": p["id"], "height": p["height"], "width": p["width"]} for p in pairs]
-    gt_anns = []
-    for p in pairs:
-        for box, crowd in zip(p["boxes"], p["iscrowd"]):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": p["id"], "category_id": p["class"] + 1,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                            "iscrowd": int(crowd)})
-    dt_anns = []
-    for d in detections:
-        x0, y0, x1, y1 = (float(v) for v in d["box"])
-        dt_anns.append({"id": len(dt_anns) + 1, "image_id": d["image_id"], "category_id": d["class"] + 1,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                        "score": float(d["score"]), "iscrowd": 0})
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt, dt = COCO(), COCO()
-        gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
-        dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}
-        gt.createIndex()
-        dt.createIndex()
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.params.imgIds = [p["id"] for p in pairs]
-        ev.params.catIds = [c + 1 for c in class_ids]
-        ev.params.iouThrs = np.array([0.5])
-        per_image = {}
-        for d in detections:
-            per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
-        ev.params.maxDets = [max([1] + list(per_image.values()))]
-        ev.params.areaRng = [[0.0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
-    precision = ev.eval["precision"]  # [T=1, R, K, A=1, M=1]
-    result = {}
-    for k, c in enumerate(class_ids):
-        p = precision[0, :, k, 0, -1]
-        p = p[p > -1]
-        result[c] = float(p.mean() * 100) if p.size else 0.0
-    return result
-
-
-def evaluate_one_shot(
-    model,
-    dataset_name: str,
-    seen_classes: Optional[Sequence[Union[str, int]]],
-    patch_size: int,
-    min_size: int,
-    max_size: int,
-    seed: int = 0,
-    image_format: str = "RGB",
-    max_images: Optional[int] = None,
-) -> Dict:
-    """One-shot AP50 of ``model`` on a registered labelled dataset.
-
-    For each image (the first ``max_images`` if given) and each class present in it
-    (non-crowd), one query crop of that class from another image of the dataset, drawn
-    with ``np.random.default_rng([seed, crc32(file_name), class])``; the model (eval mode,
-    batch 1, no grad) gets ``image`` (resized with ``ResizeShortestEdge(min_size,
-    max_size)``), ``patches`` [1, 3, S, S], ``height``/``width``, ``file_name``,
-    ``image_id`` and ``query_class``, and must return ``[{"instances": ...}]`` with
-    ``pred_boxes`` in original-image pixels and ``scores``. All its detections are
-    labelled with the query class; the ground truth is the instances of that class in
-    that image (crowd ones are "ignore" regions). AP50 per class by COCOeval (IoU 0.5, all
-    areas, no detection cap), each class over the pairs it was queried in only.
-
-    ``seen_classes``: names or contiguous ids; ``None``/empty: all classes are seen.
-    Returns ``{"AP50": {class_name: %}, "seen_AP50": mean, "unseen_AP50": mean,
-    "num_queries": {class_name: n}}``; classes never queried are left out (no NaN) and a
-    group mean is left out when none of its classes was queried.
-    """
-    records = DatasetCatalog.get(dataset_name)
-    class_names = list(MetadataCatalog.get(dataset_name).get("thing_classes", None) or [])
-    if not class_names:
-        raise ValueError(f"dataset {dataset_name!r} has no thing_classes in its metadata")
-    seen = set(_class_ids(seen_classes, class_names)) or set(range(len(class_names)))
-    mapper = OneShotDatasetMapper(
-        is_train=False, dataset_dicts=records, class_names=class_names, patch_size=patch_size,
-        augmentations=[T.ResizeShortestEdge(min_size, max_size)], image_format=image_format, seed=seed,
-    )
-    targets = records if max_images is None else records[: int(max_images)]
-    pairs, detections = [], []
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        with torch.no_grad():
-            for record in targets:
-                classes = mapper.query_classes(record)
-                if not classes:
-                    continue
-                record = dict(record)
-                image = mapper.read_image(record["file_name"], record)
-                resized, _ = mapper.resize(image, None)
-                image_tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-                key = file_key(record["file_name"])
-                for c in classes:
-                    query = mapper.sample_query(c, record["file_name"], np.random.default_rng([seed, key, c]))
-                    if query is None:
-                        continue
-                    patches, _source = query
-                    inputs = {"file_name": record["file_name"], "image_id": record.get("image_id"),
-                              "height": record["height"], "width": record["width"],
-                              "image": image_tensor, "patches": patches, "query_class": c}
-                    instances = model([inputs])[0]["instances"].to("cpu")
-                    pair_id = len(pairs) + 1
-                    gt = [(b, 0) for cc, b in _valid_annotations(record) if cc == c]
-                    gt += [(b, 1) for b in _crowd_boxes(record, c)]
-                    pairs.append({"id": pair_id, "class": c, "height": record["height"],
-                                  "width": record["width"], "boxes": [b for b, _ in gt],
-                                  "iscrowd": [k for _, k in gt]})
-                    for box, score in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist()):
-                        detections.append({"image_id": pair_id, "class": c, "box": box, "score": score})
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-
-    queried = sorted({p["class"] for p in pairs})
-    name = class_names.__getitem__
-    ap = _coco_ap50(pairs, detections, queried) if queried else {}
-    counts = {c: sum(p["class"] == c for p in pairs) for c in queried}
-    results = {"AP50": {name(c): ap[c] for c in queried},
-               "num_queries": {name(c): counts[c] for c in queried}}
-    seen_ap = [ap[c] for c in queried if c in seen]
-    unseen_ap = [ap[c] for c in queried if c not in seen]
-    if seen_ap:
-        results["seen_AP50"] = float(np.mean(seen_ap))
-    if unseen_ap:
-        results["unseen_AP50"] = float(np.mean(unseen_ap))
-    _log_table(results, queried, seen, name, dataset_name)
-    return results
-
-
-def _crowd_boxes(record: Dict, class_id: int):
-    for ann in record.get("annotations", ()):
-        if ann.get("iscrowd", 0) and int(ann["category_id"]) == class_id:
-            yield np.asarray(BoxMode.convert(list(ann["bbox"]), ann.get("bbox_mode", BoxMode.XYXY_ABS),
-                                             BoxMode.XYXY_ABS), dtype=np.float64)
-
-
-def format_one_shot_results(results: Dict, seen_names: Optional[Sequence[str]] = None) -> str:
-    """A plain-text table of :func:`evaluate_one_shot`'s results."""
-    from tabulate import tabulate
-
-    rows = []
-    for cname, value in results["AP50"].items():
-        split = "" if seen_names is None else ("seen" if cname in seen_names else "unseen")
-        rows.append([cname, split, results.get("num_queries", {}).get(cname, ""), f"{value:.2f}"])
-    for key in ("seen_AP50", "unseen_AP50"):
-        if key in results:
-            rows.append([f"mean {key.split('_')[0]}", "", "", f"{results[key]:.2f}"])
-    return tabulate(rows, headers=["class", "split", "queries", "AP50"], tablefmt="pipe")
-
-
-def _log_table(results, queried, seen, name, dataset_name) -> None:
-    seen_names = [name(c) for c in queried if c in seen]
-    logger.info("One-shot detection AP50 on %s (%d queries):\n%s", dataset_name,
-                sum(results["num_queries"].values()), format_one_shot_results(results, seen_names))

@@ -1,4 +1,5 @@
-"""DN-DETR query denoising (Li et al., CVPR 2022) as a reusable query generator + loss.
+"""DN-DETR query denoising (Li et al., CVPR 2022) as a query generator that wraps any
+anchor-query generator.
 
 Any anchor-query DETR (content + reference box per query, e.g. ``AnchorQueries``)
 switches denoising on by wrapping its query generator::
@@ -6,16 +7,13 @@ switches denoising on by wrapping its query generator::
     queries = DenoisingQueries(AnchorQueries(N, d), num_classes, d, nhead)
     bundle = queries(B, targets=targets)          # training: [dn (P*M) ; match (N)]
     outputs = decoder_and_heads(bundle)           # every per-query tensor [B, P*M + N, ...]
-    groups = bundle.meta.get("dn")                # DenoisingGroups, or None in eval
-    if groups is not None:
-        _, match_outputs = groups.split(outputs)
-    losses = criterion(match_outputs, targets)
-    losses.update(dn_losses(criterion, outputs, targets, groups))
+    # training: bundle.meta["loss_routes"] == [DenoisingGroups]; the meta-architecture
+    # splits the DN part off and adds its ``loss_*_dn`` (SetPredictionDetector.set_losses)
 
 Training only: in eval mode (or without targets) the generator returns exactly the
 base generator's bundle, so the model is the base detector.
 
-The DN part (``notes/methods/dn_detr.md`` section 3): all ground-truth (GT) objects
+The DN part (the DN-DETR paper, section 3): all ground-truth (GT) objects
 of the batch are copied into P groups; group g holds image b's i-th object in slot
 ``g*M + i`` with M the largest GT count of the batch, so images with fewer objects
 leave padding slots. Each copy gets label noise (the label is flipped to another
@@ -31,18 +29,15 @@ every query of their image.
 
 Losses: each valid DN slot is trained to reconstruct its CLEAN GT with the same
 :class:`~updetr_d2.modeling.criterion.SetCriterion` (terms, weights, aux layers) as
-the matching part, with the fixed assignment of :meth:`DenoisingGroups.indices`;
-keys are tagged ``_dn``; padding slots are left out of the classification loss
-through ``query_valid`` (see the criterion's module docstring).
+the matching part (:mod:`.groups`).
 """
 import dataclasses
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .attention_masks import (
+from ...modeling.attention_masks import (
     QueryLayout,
     Segment,
     build_self_attn_mask,
@@ -51,141 +46,16 @@ from .attention_masks import (
     pad_invalid,
     within_groups,
 )
-from .queries import QueryBundle, per_image
+from ...modeling.queries import QueryBundle, per_image
+from .groups import DenoisingGroups
+from .noise import apply_box_noise, apply_label_noise
 
-__all__ = [
-    "apply_label_noise",
-    "apply_box_noise",
-    "DenoisingGroups",
-    "DenoisingQueries",
-    "dn_losses",
-]
+__all__ = ["DenoisingQueries"]
 
 
-# ------------------------------------------------------------------ noise
-
-
-def apply_label_noise(
-    labels: Tensor, flip_prob: float, num_classes: int, generator: Optional[torch.Generator] = None
-) -> Tensor:
-    """Label flipping: each label independently, with probability ``flip_prob``, is
-    replaced by a class drawn uniformly from the ``num_classes - 1`` OTHER classes.
-
-    This follows the paper, so the flip rate equals the setting. (The official code
-    resamples uniformly from all classes, so it may keep the true label: its
-    effective flip rate is ``p * (1 - 1/C)``.) With one class there is nothing to
-    flip to and the labels are returned unchanged. ``generator`` must live on the
-    labels' device. Returns a new long tensor of the labels' shape.
-    """
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"label flip probability must be in [0, 1]; got {flip_prob}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-    if num_classes == 1 or labels.numel() == 0:
-        return labels.clone()
-    flip = torch.rand(labels.shape, generator=generator, device=labels.device) < flip_prob
-    # uniform over {0..C-2}, shifted past the true label -> uniform over the other C-1 classes
-    other = torch.randint(0, num_classes - 1, labels.shape, generator=generator, device=labels.device)
-    other = other + (other >= labels).to(other.dtype)
-    return torch.where(flip, other, labels)
-
-
-def apply_box_noise(boxes: Tensor, noise_scale: float, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Box noise on normalised cxcywh boxes [..., 4] (``dn_detr.md`` 3.5): with
-    ``u ~ U(-1, 1)^4`` per box and ``lambda = noise_scale``,
-    ``cx' = cx + u1*lambda*w/2``, ``cy' = cy + u2*lambda*h/2`` (the centre stays in the
-    box for lambda <= 1), ``w' = w + u3*lambda*w``, ``h' = h + u4*lambda*h``; every
-    coordinate is then clamped to [0, 1]. ``generator`` must live on the boxes' device.
-    """
-    if noise_scale < 0:
-        raise ValueError(f"box noise scale must be >= 0; got {noise_scale}")
-    if boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must be [..., 4] cxcywh; got {tuple(boxes.shape)}")
-    if noise_scale == 0 or boxes.numel() == 0:
-        return boxes.clamp(0, 1)
-    u = torch.rand(boxes.shape, generator=generator, device=boxes.device, dtype=boxes.dtype) * 2 - 1
-    wh = boxes[..., 2:]
-    spread = torch.cat([wh / 2, wh], dim=-1)  # max |shift| of (cx, cy, w, h) per unit of lambda
-    return (boxes + u * spread * noise_scale).clamp(0, 1)
-
-
-# ------------------------------------------------------------------ groups
-
-
-@dataclass(eq=False)  # eq=False: tensors have no truth value
-class DenoisingGroups:
-    """Where the DN queries are: ``num_groups`` (P) groups of ``group_size`` (M, the
-    batch's largest GT count) slots, in front of the matching queries; slot
-    ``g*M + i`` of image b holds a noised copy of its GT ``i`` when ``i < #GT_b``.
-
-    valid: bool [B, P*M], False = padding slot.
-    """
-
-    num_groups: int
-    group_size: int
-    valid: Tensor
-
-    def __post_init__(self):
-        n = self.num_groups * self.group_size
-        v = self.valid
-        if v.dtype != torch.bool or v.dim() != 2 or v.shape[1] != n:
-            raise ValueError(f"DenoisingGroups.valid must be bool [B, {n}]; got {v.dtype} {tuple(v.shape)}")
-
-    @property
-    def num_queries(self) -> int:
-        """P*M, the number of DN queries (the index where the matching queries start)."""
-        return self.num_groups * self.group_size
-
-    def indices(self) -> List[Tuple[Tensor, Tensor]]:
-        """Per image ``(slot_idx, tgt_idx)`` (int64, on ``valid``'s device): slot
-        ``g*M + i`` paired with GT ``i``, valid slots only, group-major; the fixed
-        assignment given to ``SetCriterion(indices=...)``."""
-        out = []
-        for valid in self.valid:
-            slots = valid.nonzero().flatten()
-            tgt = slots % self.group_size if self.group_size > 0 else slots
-            out.append((slots, tgt))
-        return out
-
-    def split(self, outputs: Dict) -> Tuple[Dict, Dict]:
-        """``(dn_outputs, matching_outputs)``: every per-query tensor (``[B, T, ...]``
-        with T the second dim of the layer's ``pred_logits`` / ``pred_boxes``) is cut
-        at ``num_queries``, in the final layer and in each ``aux_outputs`` entry.
-        Everything else (``enc_outputs``, ...) goes to ``matching_outputs`` only.
-        Each DN layer dict also gets ``"query_valid"`` (= ``valid``) so the criterion
-        leaves the padding slots out of the classification loss.
-        """
-        dn, match = self._split_layer(outputs)
-        if "aux_outputs" in outputs:
-            pairs = [self._split_layer(aux) for aux in outputs["aux_outputs"]]
-            dn["aux_outputs"] = [d for d, _ in pairs]
-            match["aux_outputs"] = [m for _, m in pairs]
-        return dn, match
-
-    def _split_layer(self, layer: Dict) -> Tuple[Dict, Dict]:
-        ref = layer.get("pred_logits", layer.get("pred_boxes"))
-        if ref is None:
-            raise KeyError("DenoisingGroups.split: a layer has neither 'pred_logits' nor 'pred_boxes'")
-        B, T = ref.shape[:2]
-        n = self.num_queries
-        if B != self.valid.shape[0] or T < n:
-            raise ValueError(
-                f"DenoisingGroups.split: outputs are [B={B}, T={T}, ...] but the groups were built for "
-                f"B={self.valid.shape[0]} with {n} DN queries in front of the matching ones"
-            )
-        dn: Dict = {"query_valid": self.valid.to(ref.device)}
-        match: Dict = {}
-        for key, value in layer.items():
-            if key == "aux_outputs":
-                continue
-            if isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (B, T):
-                dn[key], match[key] = value[:, :n], value[:, n:]
-            else:
-                match[key] = value
-        return dn, match
-
-
-# ------------------------------------------------------------------ the generator
+def _with_route(meta: Dict, groups: DenoisingGroups) -> Dict:
+    """The base bundle's meta plus the DN groups, as ``meta["dn"]`` and as a loss route."""
+    return {**meta, "dn": groups, "loss_routes": [*meta.get("loss_routes", ()), groups]}
 
 
 class DenoisingQueries(nn.Module):
@@ -291,7 +161,7 @@ class DenoisingQueries(nn.Module):
         M = max(counts, default=0)
         if M == 0:  # nothing to denoise: the base bundle, empty groups
             groups = DenoisingGroups(P, 0, torch.zeros(B, 0, dtype=torch.bool, device=device))
-            return dataclasses.replace(base, meta={**base.meta, "dn": groups})
+            return dataclasses.replace(base, meta=_with_route(base.meta, groups))
 
         # every GT of the batch, P times, group-major (group g, image b, instance i)
         labels = torch.cat([t["labels"] for t in targets]).to(device).repeat(P)
@@ -327,7 +197,7 @@ class DenoisingQueries(nn.Module):
             tgt=tgt,
             reference_points=reference_points,
             self_attn_mask=mask,
-            meta={**base.meta, "dn": groups},
+            meta=_with_route(base.meta, groups),
         )
 
     def _mask(
@@ -364,49 +234,3 @@ def _inside(name: str, blocked: Tensor):
         return out
 
     return rule
-
-
-# ------------------------------------------------------------------ losses
-
-
-def dn_losses(
-    criterion,
-    outputs: Dict,
-    targets: Sequence[Dict[str, Tensor]],
-    groups: Optional[DenoisingGroups],
-    ignore_padding: bool = True,
-) -> Dict[str, Tensor]:
-    """Reconstruction losses of the DN part, keyed ``loss_*_dn`` (``loss_*_dn_{i}`` for
-    aux layer i), weighted like the matching part by the same ``criterion``.
-
-    outputs: the model's full outputs ([B, P*M + N, ...]; matching-only when
-        ``groups`` is None). targets: the CLEAN ground truth. groups: the bundle's
-        ``meta["dn"]`` (None: DN was off).
-    ignore_padding: True (DN-DETR) leaves padding slots out of the classification
-        loss; False trains them as background (detrex).
-
-    Normaliser: ``P * criterion.get_num_boxes(targets)``. DN-DETR divides by the local
-    P*#GT; we use the all-reduced mean count like the matching part (detrex): it is
-    the local one on a single process, and under DDP every worker then divides by the
-    same number, so the averaged gradients stay consistent.
-
-    Without ground truth (M == 0 or no groups) the same keys come back as zeros tied to
-    the outputs (``backward`` works), so the loss dict has stable keys.
-    """
-    device = outputs["pred_boxes"].device
-    # Called on every path: it all-reduces under DDP, and every worker must join.
-    num_boxes = criterion.get_num_boxes(targets, device)
-    if groups is None or groups.num_queries == 0:
-        B = outputs["pred_boxes"].shape[0]
-        empty = DenoisingGroups(0, 0, torch.zeros(B, 0, dtype=torch.bool, device=device))
-        dn_outputs, _ = empty.split(outputs)
-        keys = criterion(dn_outputs, targets, indices=empty.indices(), num_boxes=1.0, tag="_dn")
-        zero = outputs["pred_boxes"].sum() * 0
-        return {key: zero.clone() for key in keys}
-    dn_outputs, _ = groups.split(outputs)
-    if not ignore_padding:
-        for layer in [dn_outputs, *dn_outputs.get("aux_outputs", [])]:
-            layer.pop("query_valid")
-    return criterion(
-        dn_outputs, targets, indices=groups.indices(), num_boxes=groups.num_groups * num_boxes, tag="_dn"
-    )

@@ -1,0 +1,34 @@
+"""Users' ResNet weights by path, in the formats they have, read without running code.
+
+:class:`DetrCheckpointer` is Detectron2's ``DetectionCheckpointer`` that also loads
+torchvision / SwAV / DINO / MoCo ResNet files and Detectron2's ``R-50.pkl`` into any model
+holding a Detectron2 ResNet, and refuses unsafe pickles unless asked. It is not UP-DETR
+specific; ``UpdetrCheckpointer`` is its former name, kept as an alias.
+
+One idea a module:
+
+* :mod:`.safe_load`: reading a file without running code from it
+  (:func:`load_checkpoint_file`, :class:`UnsafeCheckpointError`);
+* :mod:`.torchvision_resnet`: where a torchvision ResNet sits in a checkpoint and what
+  its keys are called in Detectron2 (:func:`find_torchvision_resnet`);
+* :mod:`.resnet_conversion`: the conversion and its report
+  (:func:`convert_resnet_state_dict`, :class:`ConversionReport`);
+* :mod:`.checkpointer`: :class:`DetrCheckpointer` (alias ``UpdetrCheckpointer``).
+
+Offline conversion: ``tools/convert_backbone_weights.py``.
+"""
+from .checkpointer import DetrCheckpointer, UpdetrCheckpointer
+from .resnet_conversion import ConversionReport, convert_resnet_state_dict
+from .safe_load import UnsafeCheckpointError, load_checkpoint_file
+from .safe_load import UNSAFE_FLAG_HELP  # noqa: F401  (importable from the old module)
+from .torchvision_resnet import find_torchvision_resnet
+
+__all__ = [
+    "ConversionReport",
+    "DetrCheckpointer",
+    "UnsafeCheckpointError",
+    "UpdetrCheckpointer",
+    "convert_resnet_state_dict",
+    "find_torchvision_resnet",
+    "load_checkpoint_file",
+]

@@ -1,0 +1,114 @@
+"""The checkpointer the training and evaluation entry points load weights with.
+
+Detectron2's :class:`~detectron2.checkpoint.DetectionCheckpointer` reads its own
+checkpoints and its model-zoo ``.pkl`` files. :class:`DetrCheckpointer` also reads users'
+torchvision / SwAV / DINO / MoCo ResNet files (converted by
+:mod:`updetr_d2.checkpoint.resnet_conversion`) and reads every file through
+:mod:`updetr_d2.checkpoint.safe_load`, so no code runs from a file unless
+``allow_unsafe=True``. Nothing here depends on the model: any detector with a Detectron2
+ResNet (DETR, Deformable DETR, UP-DETR, Co-DETR ...) loads through it.
+"""
+from typing import Mapping, Optional
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .resnet_conversion import ConversionReport, convert_resnet_state_dict
+from .safe_load import is_pickle_file, load_checkpoint_file
+from .torchvision_resnet import find_torchvision_resnet
+
+__all__ = ["DetrCheckpointer", "UpdetrCheckpointer"]
+
+# Entries only checkpoints written by Detectron2's checkpointer / model zoo have.
+_D2_MARKERS = ("__author__", "matching_heuristics", "iteration", "scheduler", "trainer")
+
+
+class DetrCheckpointer(DetectionCheckpointer):
+    """:class:`DetectionCheckpointer` that also reads torchvision / SwAV / DINO / MoCo
+    ResNet files (converted to Detectron2 names, suffix-matched into the model) and never
+    runs code from a file unless ``allow_unsafe=True``.
+
+    Detectron2's own checkpoints load exactly as before (``torch.load(weights_only=True)``,
+    the default of torch >= 2.6, which is what Detectron2 already got); model-zoo ``.pkl``
+    files load as before, through a restricted unpickler. After a converted load,
+    ``self.conversion_report`` holds the :class:`ConversionReport` (else None).
+    """
+
+    def __init__(self, model, save_dir="", *, allow_unsafe: bool = False, save_to_disk=None,
+                 **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_unsafe = bool(allow_unsafe)
+        self.conversion_report: Optional[ConversionReport] = None
+
+    @classmethod
+    def from_config(cls, cfg, model, save_dir="", **kwargs):
+        """Reads ``MODEL.ALLOW_UNSAFE_CHECKPOINTS`` (default False) from a yaml config."""
+        allow = cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
+        return cls(model, save_dir, allow_unsafe=allow, **kwargs)
+
+    def _model_uses_torchvision_names(self) -> bool:
+        """True when the model itself holds torchvision ResNet names, so a torchvision
+        file must load unconverted."""
+        return any(k == "layer1.0.conv1.weight" or k.endswith(".layer1.0.conv1.weight")
+                   for k in self.model.state_dict().keys())
+
+    def _load_file(self, filename):
+        # Detectron2's own _load_file unpickles .pkl files with pickle.load, which can run
+        # code, so it is not called: its .pkl (Detectron2 / Caffe2 model zoo) and .pyth
+        # (pycls) layouts are read again here from the safely loaded data.
+        self.conversion_report = None
+        data = load_checkpoint_file(filename, allow_unsafe=self.allow_unsafe)
+        if is_pickle_file(filename):
+            if isinstance(data, Mapping) and "model" in data and "__author__" in data:
+                self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+                return data
+            if isinstance(data, Mapping) and "blobs" not in data and self._convertible(data):
+                return self._convert(data)
+            if isinstance(data, Mapping) and "blobs" in data:
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            assert isinstance(data, Mapping) and "model_state" in data, (
+                f"Cannot load .pyth file {filename}; pycls checkpoints must contain 'model_state'."
+            )
+            model_state = {k: v for k, v in data["model_state"].items()
+                           if not k.endswith("num_batches_tracked")}
+            return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+        if self._convertible(data):
+            return self._convert(data)
+        if isinstance(data, Mapping) and "model" in data:
+            return data
+        return {"model": data}
+
+    def _convertible(self, data) -> bool:
+        if not isinstance(data, Mapping) or any(k in data for k in _D2_MARKERS):
+            return False
+        if self._model_uses_torchvision_names():
+            return False
+        return find_torchvision_resnet(data) is not None
+
+    def _convert(self, data):
+        converted, report = convert_resnet_state_dict(data)
+        self.conversion_report = report
+        return {
+            "model": converted,
+            "__author__": f"updetr_d2 converted from {report.format}",
+            "matching_heuristics": True,
+        }
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        report = self.conversion_report
+        if report is not None:
+            self.logger.info("Converted ResNet weights: " + report.summary().replace("\n", "\n  "))
+            if len(report.skipped_unknown) > len(report.converted):
+                self.logger.warning(
+                    "Only the ResNet backbone was converted; %d other keys were not loaded "
+                    "(is this a full detector checkpoint?)", len(report.skipped_unknown))
+        return incompatible
+
+
+# Backwards-compatible alias: the class was named UpdetrCheckpointer while only UP-DETR
+# used it. updetr_d2.engine and older user code still import that name; new code should
+# use DetrCheckpointer.
+UpdetrCheckpointer = DetrCheckpointer

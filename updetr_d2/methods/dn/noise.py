@@ -1,0 +1,52 @@
+"""DN-DETR's noise on the ground truth (the DN-DETR paper, section 3):
+label flipping and box jitter."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["apply_box_noise", "apply_label_noise"]
+
+
+def apply_label_noise(
+    labels: Tensor, flip_prob: float, num_classes: int, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """Label flipping: each label independently, with probability ``flip_prob``, is
+    replaced by a class drawn uniformly from the ``num_classes - 1`` OTHER classes.
+
+    This follows the paper, so the flip rate equals the setting. (The official code
+    resamples uniformly from all classes, so it may keep the true label: its
+    effective flip rate is ``p * (1 - 1/C)``.) With one class there is nothing to
+    flip to and the labels are returned unchanged. ``generator`` must live on the
+    labels' device. Returns a new long tensor of the labels' shape.
+    """
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"label flip probability must be in [0, 1]; got {flip_prob}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1; got {num_classes}")
+    if num_classes == 1 or labels.numel() == 0:
+        return labels.clone()
+    flip = torch.rand(labels.shape, generator=generator, device=labels.device) < flip_prob
+    # uniform over {0..C-2}, shifted past the true label -> uniform over the other C-1 classes
+    other = torch.randint(0, num_classes - 1, labels.shape, generator=generator, device=labels.device)
+    other = other + (other >= labels).to(other.dtype)
+    return torch.where(flip, other, labels)
+
+
+def apply_box_noise(boxes: Tensor, noise_scale: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Box noise on normalised cxcywh boxes [..., 4] (DN-DETR): with
+    ``u ~ U(-1, 1)^4`` per box and ``lambda = noise_scale``,
+    ``cx' = cx + u1*lambda*w/2``, ``cy' = cy + u2*lambda*h/2`` (the centre stays in the
+    box for lambda <= 1), ``w' = w + u3*lambda*w``, ``h' = h + u4*lambda*h``; every
+    coordinate is then clamped to [0, 1]. ``generator`` must live on the boxes' device.
+    """
+    if noise_scale < 0:
+        raise ValueError(f"box noise scale must be >= 0; got {noise_scale}")
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [..., 4] cxcywh; got {tuple(boxes.shape)}")
+    if noise_scale == 0 or boxes.numel() == 0:
+        return boxes.clamp(0, 1)
+    u = torch.rand(boxes.shape, generator=generator, device=boxes.device, dtype=boxes.dtype) * 2 - 1
+    wh = boxes[..., 2:]
+    spread = torch.cat([wh / 2, wh], dim=-1)  # max |shift| of (cx, cy, w, h) per unit of lambda
+    return (boxes + u * spread * noise_scale).clamp(0, 1)
