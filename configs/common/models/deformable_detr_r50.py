@@ -8,26 +8,18 @@ The number of queries has one home: the query generator's ``num_queries``. ``mod
 is read by the two-stage variant only (no query generator: that many top encoder proposals
 become the queries)."""
 from detectron2.config import LazyCall as L
-from detectron2.modeling.backbone import BasicStem, ResNet
 
 from updetr_d2.layers.deformable_transformer import DeformableTransformer
 from updetr_d2.layers.position_encoding import PositionEmbeddingSine
 from updetr_d2.methods.dn import DenoisingQueries
 from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelFocal, SetCriterion
-from updetr_d2.modeling.backbone import MaskedBackbone
 from updetr_d2.modeling.meta_arch.deformable_detr import DeformableDetr
 from updetr_d2.modeling.queries import AnchorQueries, LearnedPointQueries
 
+from .resnet50 import masked_resnet50
+
 model = L(DeformableDetr)(
-    backbone=L(MaskedBackbone)(
-        backbone=L(ResNet)(
-            stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-            stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-            out_features=["res3", "res4", "res5"],
-            freeze_at=2,
-        ),
-        in_features=["res3", "res4", "res5"],
-    ),
+    backbone=masked_resnet50(["res3", "res4", "res5"]),
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, normalize=True, offset=-0.5),
     transformer=L(DeformableTransformer)(
         d_model=256,

@@ -2,25 +2,17 @@
 import math
 
 from detectron2.config import LazyCall as L
-from detectron2.modeling.backbone import BasicStem, ResNet
 
 from updetr_d2.layers.position_encoding import PositionEmbeddingSine
 from updetr_d2.layers.transformer import Transformer
 from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelCrossEntropy, SetCriterion
-from updetr_d2.modeling.backbone import MaskedBackbone
 from updetr_d2.modeling.meta_arch.detr import Detr
 from updetr_d2.modeling.queries import LearnedQueries
 
+from .resnet50 import masked_resnet50
+
 model = L(Detr)(
-    backbone=L(MaskedBackbone)(
-        backbone=L(ResNet)(
-            stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-            stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-            out_features=["res5"],
-            freeze_at=2,
-        ),
-        in_features=["res5"],
-    ),
+    backbone=masked_resnet50(["res5"]),
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, normalize=True, scale=2 * math.pi),
     transformer=L(Transformer)(
         d_model=256,
