@@ -516,3 +516,19 @@ def test_no_leakage_into_the_matching_queries(mask_padding):
     assert torch.allclose(hs4[:, :, pad:], hs[:, :, pad:], atol=1e-5)  # matching: never
     same = torch.allclose(hs4[:, 0][:, others], hs[:, 0][:, others], atol=1e-5)
     assert same == mask_padding
+
+
+def test_checkpoint_handoff_renames_only_denoising_checkpoints():
+    """The DN hand-off rule runs for every detector: a checkpoint of another generator
+    that wraps a ``base`` submodule (no DN label embedding) loads as it is."""
+    from types import SimpleNamespace
+
+    from updetr_d2.methods.dn.checkpoint import denoising_handoff
+
+    weight = torch.zeros(3, 4)
+    other = {"query_generator.base.anchor_embed.weight": weight}
+    denoising_handoff(SimpleNamespace(query_generator=AnchorQueries(3, D)), other, "")
+    assert set(other) == {"query_generator.base.anchor_embed.weight"}
+    from_dn = {"query_generator.base.anchor_embed.weight": weight, "query_generator.label_enc.weight": weight}
+    denoising_handoff(SimpleNamespace(query_generator=AnchorQueries(3, D)), from_dn, "")
+    assert set(from_dn) == {"query_generator.anchor_embed.weight"}

@@ -1,6 +1,6 @@
 """The yaml-config route: Detectron2's ``DefaultTrainer`` with the project's choices."""
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 
 from ..checkpoint import DetrCheckpointer
 from ..data.mappers import build_dataset_mapper
@@ -19,12 +19,12 @@ class Trainer(DefaultTrainer):
         # (torchvision, SwAV, DINO, MoCo) and refuses unsafe pickles unless allowed.
         old = self.checkpointer
         self.checkpointer = DetrCheckpointer.from_config(self.cfg, old.model, old.save_dir, **old.checkpointables)
-        hooks = super().build_hooks()
+        default = super().build_hooks()
         # The model's own hooks (methods, plug-ins) run before the writers, so what they
         # log in an iteration is written with it.
-        writers = [i for i, h in enumerate(hooks) if type(h).__name__ == "PeriodicWriter"]
-        at = writers[0] if writers else len(hooks)
-        return hooks[:at] + model_hooks(self.model) + hooks[at:]
+        writers = [i for i, h in enumerate(default) if isinstance(h, hooks.PeriodicWriter)]
+        at = writers[0] if writers else len(default)
+        return default[:at] + model_hooks(self.model) + default[at:]
 
     @classmethod
     def build_optimizer(cls, cfg, model):

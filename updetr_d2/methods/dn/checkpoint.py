@@ -18,16 +18,17 @@ def denoising_handoff(model, state_dict, prefix: str) -> None:
     key_prefix = prefix + "query_generator."
     has_dn = isinstance(generator, DenoisingQueries)
     ours = [k for k in state_dict if k.startswith(key_prefix)]
-    if not any(k[len(key_prefix):].startswith(("base.", "label_enc.")) for k in ours) and not has_dn:
-        return  # neither side has denoising
+    # DenoisingQueries always has a label embedding: only then is a "base." prefix DN's
+    # (another wrapping generator may have a submodule of that name).
+    from_dn = any(k[len(key_prefix):].startswith("label_enc.") for k in ours)
     renamed = {}
     for key in ours:
         rest = key[len(key_prefix):]
         if has_dn and not rest.startswith(("base.", "label_enc.")):
             renamed[key_prefix + "base." + rest] = state_dict.pop(key)
-        elif not has_dn and rest.startswith("base."):
+        elif not has_dn and from_dn and rest.startswith("base."):
             renamed[key_prefix + rest[len("base."):]] = state_dict.pop(key)
-        elif not has_dn and rest.startswith("label_enc."):
+        elif not has_dn and from_dn and rest.startswith("label_enc."):
             del state_dict[key]
             logger.info("Denoising is off: %s not loaded", key)
     state_dict.update(renamed)

@@ -21,7 +21,7 @@ from torch import nn
 from ...layers.deformable_transformer import DeformableTransformer
 from ...layers.encoder_memory import EncoderMemory
 from ...layers.position_encoding import PositionEmbeddingSine
-from ..backbone import MaskedBackbone, level_padding_mask, level_strides, padding_mask
+from ..backbone import MaskedBackbone, level_padding_mask, padding_mask
 from ..criterion import BoxL1GIoU, LabelFocal, SetCriterion
 from ..heads import BoxRefinementHeads
 from ..matcher import HungarianMatcher
@@ -161,7 +161,6 @@ class DeformableDetr(SetPredictionDetector):
         self.num_proposals = num_queries
         self.two_stage = two_stage
         self.test_topk = test_topk
-        self.level_strides = level_strides(backbone.strides, transformer.num_feature_levels)
 
     @classmethod
     def from_config(cls, cfg):
