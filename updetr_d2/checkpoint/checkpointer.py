@@ -97,6 +97,12 @@ class DetrCheckpointer(DetectionCheckpointer):
         }
 
     def _load_model(self, checkpoint):
+        # The model's hand-off rules see the checkpoint before fvcore drops every tensor
+        # whose shape differs from the model's (a pretraining class head would otherwise
+        # vanish with a generic warning before any rule could name it).
+        apply_rules = getattr(self.model, "apply_checkpoint_rules", None)  # fvcore unwrapped DDP
+        if callable(apply_rules) and not checkpoint.get("matching_heuristics", False):
+            apply_rules(checkpoint["model"])
         incompatible = super()._load_model(checkpoint)
         report = self.conversion_report
         if report is not None:

@@ -230,9 +230,14 @@ class SetPredictionDetector(nn.Module):
         return detector_postprocess(result, batched_input.get("height", h), batched_input.get("width", w))
 
     # --- checkpoints ----------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def apply_checkpoint_rules(self, state_dict, prefix: str = "") -> None:
+        """Edit ``state_dict`` in place with every registered hand-off rule (idempotent:
+        the checkpointer applies them before its shape checks, ``load_state_dict`` again)."""
         for rule in _CHECKPOINT_RULES:
             rule(self, state_dict, prefix)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.apply_checkpoint_rules(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Does SimDETR pretraining help? Pretrain on unlabeled photos, fine-tune on COCO128 train,
+evaluate on COCO128 val, next to UP-DETR pretraining and no pretraining (not a test).
+
+    python benchmarks/simdetr_coco128.py --pretrain-iters 500 --finetune-iters 600
+
+Arms, all fine-tuned with the same config, schedule and seed:
+  none      the fine-tuning config as is (ImageNet EfficientNet-Lite0 backbone, DETR from scratch);
+  UP-DETR   projects/UPDETR/configs/updetr_effnet_lite0_demo_pretrain.yaml (frozen backbone);
+  SimDETR   stage A (tools/simdetr.py proposals, proposals_effnet_lite0.yaml) and B (cluster, K
+            pseudo-classes) on the photos, then projects/SimDETR/configs/
+            simdetr_detr_effnet_lite0_demo_pretrain.yaml (backbone trained, self-training rounds).
+Every step is a tools/ run with its own folder under --output; a rerun skips finished steps
+(a step is finished when its model_final.pth / round_000.json exists), so a killed
+benchmark resumes. Prints a table of COCO AP / AP50 / AP75 and writes results.json.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIMDETR = os.path.join(ROOT, "projects", "SimDETR", "configs")
+
+
+def sh(cmd, log_path):
+    print("+", " ".join(cmd), flush=True)
+    with open(log_path, "a") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def train(config, opts, out_dir, resume=True):
+    """A train_net run in ``out_dir`` (skipped when its model_final.pth exists)."""
+    if not os.path.exists(os.path.join(out_dir, "model_final.pth")):
+        os.makedirs(out_dir, exist_ok=True)
+        cmd = [sys.executable, "tools/train_net.py", "--config-file", config, *(["--resume"] if resume else []),
+               *opts, "OUTPUT_DIR", out_dir]
+        sh(cmd, os.path.join(out_dir, "run.log"))
+    return metrics(os.path.join(out_dir, "run.log"))
+
+
+def metrics(log_path):
+    with open(log_path) as f:
+        rows = re.findall(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)", f.read())
+    return dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[-1].split(",")))) if rows else {}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--unlabeled", default=os.path.join(ROOT, "..", "shared", "data", "unlabeled", "images"))
+    parser.add_argument("--finetune-config", default=os.path.join(ROOT, "configs", "demo", "detr_effnet_lite0_demo.yaml"))
+    parser.add_argument("--pretrain-iters", type=int, default=500)
+    parser.add_argument("--finetune-iters", type=int, default=600)
+    parser.add_argument("--num-clusters", type=int, default=64, help="K of the SimDETR pseudo-classes")
+    parser.add_argument("--rounds", type=int, default=1, help="SimDETR self-training rounds")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--arms", default="none,UP-DETR,SimDETR")
+    parser.add_argument("--output", default=os.path.join(ROOT, "output", "bench_simdetr_coco128"))
+    args = parser.parse_args()
+
+    from updetr_d2.data import coco128_available, coco128_root
+
+    if not coco128_available():
+        sys.exit(f"COCO128 not found at {coco128_root()} (set UPDETR_COCO128)")
+    if not os.path.isdir(args.unlabeled):
+        sys.exit(f"no unlabeled image folder at {args.unlabeled} (--unlabeled)")
+    out = os.path.abspath(args.output)
+    images = os.path.abspath(args.unlabeled)
+    arms = args.arms.split(",")
+    seed = ["SEED", str(args.seed)]
+
+    def pretrain_opts(iters):
+        return ["DATASETS.TRAIN", f"('{images}',)", "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS",
+                f"({int(iters * 0.8)},)", "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2)), *seed]
+
+    weights = {"none": None}
+    if "UP-DETR" in arms:
+        pre = os.path.join(out, "updetr_pretrain")
+        train(os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_effnet_lite0_demo_pretrain.yaml"),
+              pretrain_opts(args.pretrain_iters), pre)
+        weights["UP-DETR"] = os.path.join(pre, "model_final.pth")
+    if "SimDETR" in arms:
+        proposals, targets = os.path.join(out, "simdetr_proposals"), os.path.join(out, "simdetr_targets")
+        os.makedirs(out, exist_ok=True)
+        tool = [sys.executable, "tools/simdetr.py"]
+        if not os.path.exists(os.path.join(proposals, "proposals.json")):
+            sh(tool + ["proposals", "--config-file", os.path.join(SIMDETR, "proposals_effnet_lite0.yaml"),
+                       "--dataset", images, "--output", proposals], os.path.join(out, "simdetr_stage_a.log"))
+        if not os.path.exists(os.path.join(targets, "round_000.json")):
+            sh(tool + ["cluster", "--proposals", proposals, "--output", targets,
+                       "SIMDETR.CLUSTERING.NUM_CLUSTERS", str(args.num_clusters)],
+               os.path.join(out, "simdetr_stage_b.log"))
+        pre = os.path.join(out, "simdetr_pretrain")
+        train(os.path.join(SIMDETR, "simdetr_detr_effnet_lite0_demo_pretrain.yaml"),
+              pretrain_opts(args.pretrain_iters) + [
+                  "MODEL.DETR.NUM_CLASSES", str(args.num_clusters), "SIMDETR.CLUSTERING.NUM_CLUSTERS",
+                  str(args.num_clusters), "SIMDETR.TARGETS_DIR", targets,
+                  "SIMDETR.SELF_TRAINING.ROUNDS", str(args.rounds)], pre)
+        weights["SimDETR"] = os.path.join(pre, "model_final.pth")
+
+    steps = f"({int(args.finetune_iters * 0.8)},)"
+    finetune = ["DATASETS.TRAIN", "('coco128_train',)", "DATASETS.TEST", "('coco128_val',)",
+                "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.MAX_ITER", str(args.finetune_iters),
+                "SOLVER.STEPS", steps, "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.finetune_iters // 2)), *seed]
+    results = {}
+    for arm in [a for a in ["none", "UP-DETR", "SimDETR"] if a in arms]:
+        opts = finetune + (["MODEL.WEIGHTS", weights[arm]] if weights[arm] else [])
+        results[arm] = train(args.finetune_config, opts, os.path.join(out, f"finetune_{arm}"))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "results": results}, f, indent=1)
+    print(f"\nCOCO128 val after {args.finetune_iters} fine-tuning iterations (seed {args.seed}); "
+          f"pretraining: {args.pretrain_iters} iterations on {images}")
+    print(f"  {'pretraining':12s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}")
+    for arm, m in results.items():
+        print(f"  {arm:12s} " + " ".join(f"{m.get(k, float('nan')):6.2f}" for k in ("AP", "AP50", "AP75")))
+
+
+if __name__ == "__main__":
+    main()
