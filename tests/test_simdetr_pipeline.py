@@ -175,6 +175,10 @@ def test_mapper_serves_the_current_round_and_skips_images_with_too_few_targets(i
                 iteration=20)
     assert rounds.rewind(15) == 1 and rounds.current()["round"] == 1  # resumed at 15: round 2 is not yet made
     assert rounds.rewind(20) == 2
+    # A round made offline (the relabel tool: iteration 0) is what a fresh run starts from,
+    # and a run numbers its rounds after it.
+    write_round(rounds, records, [[[5, 5, 25, 25], [40, 40, 70, 70]]] * n, [[1, 1]] * n, 3, round_index=3)
+    assert rounds.rewind(0) == 3 and rounds.base_round() == 3
 
 
 class OracleDetector(nn.Module):

@@ -109,13 +109,14 @@ class SelfTrainingHook(HookBase):
         if comm.is_main_process():
             self.rounds.rewind(self.trainer.iter)
         comm.synchronize()
+        self.base_round = self.rounds.base_round()
 
     def after_step(self):
         done = self.trainer.iter + 1
         schedule = self.round_iterations()
         if done not in schedule:
             return
-        round_index = schedule.index(done) + 1
+        round_index = self.base_round + schedule.index(done) + 1
         model = self.trainer.model
         num_classes = (model.module if isinstance(model, DistributedDataParallel) else model).num_classes
         records, loader = relabel_loader(*self.loader_args)

@@ -70,13 +70,22 @@ class PseudoLabelRounds:
                 found.append((int(name[6:9]), int(info.get("iteration", 0))))
         return found
 
+    def base_round(self) -> int:
+        """The last round made outside a training run (stage B, the relabel tool: iteration
+        0); a run numbers its own rounds after it."""
+        offline = [r for r, it in self.rounds() if it == 0]
+        if not offline:
+            raise FileNotFoundError(f"{self.directory} has no round_000.json (stage B's pseudo-labels)")
+        return max(offline)
+
     def rewind(self, start_iter: int) -> int:
-        """Make current the latest round made at or before ``start_iter`` (a resumed run
-        must not train on a round made after its checkpoint); returns that round."""
-        usable = [r for r, it in self.rounds() if it <= start_iter]
+        """Make current the round made last at or before iteration ``start_iter`` (a resumed
+        run must not train on a round made after its checkpoint, nor a fresh run on rounds a
+        previous run left); returns that round."""
+        usable = [(it, r) for r, it in self.rounds() if it <= start_iter]
         if not usable:
             raise FileNotFoundError(f"{self.directory} has no round_000.json (stage B's pseudo-labels)")
-        chosen = max(usable)
+        chosen = max(usable)[1]
         with open(self.path(chosen)) as f:
             num_classes = len(json.load(f)["categories"])
         if self.current()["round"] != chosen:
