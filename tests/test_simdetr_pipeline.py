@@ -327,6 +327,9 @@ def test_the_chain_through_the_tools(tmp_path):
     out = subprocess.run(tool + ["cluster", "--proposals", a, "--output", t, "SIMDETR.CLUSTERING.NUM_CLUSTERS", "6"],
                          check=True, cwd=ROOT, capture_output=True, text=True).stdout
     assert json.loads(out[out.index("{"):])["num_clusters"] == 6
+    subprocess.run(tool + ["draw", "--targets", t, "--output", str(tmp_path / "pictures"), "--num-images", "2"],
+                   check=True, cwd=ROOT, capture_output=True)
+    assert len(os.listdir(tmp_path / "pictures")) == 2
 
     pre = str(tmp_path / "pretrain")
     output = train_net("--config-file", os.path.join(SIMDETR_CONFIGS, "simdetr_deformable_detr_R18_demo_pretrain.yaml"),

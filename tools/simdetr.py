@@ -10,6 +10,8 @@
     # C and D: tools/train_net.py with a projects/SimDETR/configs pretraining config
     # D as a standalone step: relabel the images with a trained detector (the next round)
     python tools/simdetr.py relabel --config-file CFG.yaml MODEL.WEIGHTS output/.../model_final.pth
+    # look at a round: each image with its targets, coloured and named by pseudo-class
+    python tools/simdetr.py draw --targets output/simdetr/targets --output output/simdetr/pictures
 
 ``--dataset`` is a registered Detectron2 dataset name or an image folder. Trailing KEY VALUE
 pairs override the yaml config (``SIMDETR.*``, ``INPUT.*``, ``MODEL.*``).
@@ -132,6 +134,26 @@ def cmd_relabel(args) -> int:
     return 0
 
 
+def cmd_draw(args) -> int:
+    import numpy as np
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    rounds = simdetr.PseudoLabelRounds(args.targets)
+    round_index, targets = rounds.load(None if args.round < 0 else args.round)
+    os.makedirs(args.output, exist_ok=True)
+    for file_name in sorted(targets)[: args.num_images]:
+        boxes, labels = targets[file_name]
+        vis = Visualizer(read_image(file_name, format="RGB"))
+        # One colour per pseudo-class, the same in every picture.
+        colours = [tuple(np.random.default_rng(int(k)).uniform(0.2, 1.0, 3)) for k in labels]
+        vis.overlay_instances(boxes=boxes, labels=[f"c{int(k) + 1}" for k in labels], assigned_colors=colours)
+        out = os.path.join(args.output, f"round{round_index:03d}_{os.path.splitext(os.path.basename(file_name))[0]}.png")
+        vis.get_output().save(out)
+    print(f"round {round_index}: {min(args.num_images, len(targets))} pictures in {args.output}")
+    return 0
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +175,11 @@ def parse_args(argv=None):
     r.add_argument("--config-file", required=True, help="the pretraining config (DATASETS.TRAIN, model)")
     r.add_argument("--targets", default="", help="targets folder (default SIMDETR.TARGETS_DIR)")
     r.add_argument("--round", type=int, default=-1, help="round number to write (default: the next)")
+    d = sub.add_parser("draw", help="pictures of a round's targets")
+    d.add_argument("--targets", required=True, help="targets folder")
+    d.add_argument("--round", type=int, default=-1, help="round to draw (default: the current one)")
+    d.add_argument("--output", required=True, help="folder for the PNGs")
+    d.add_argument("--num-images", type=int, default=8)
     for s in (p, c, r):
         s.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
@@ -162,7 +189,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="updetr_d2")
     setup_logger(name="detectron2")
-    return {"proposals": cmd_proposals, "cluster": cmd_cluster, "relabel": cmd_relabel}[args.command](args)
+    commands = {"proposals": cmd_proposals, "cluster": cmd_cluster, "relabel": cmd_relabel, "draw": cmd_draw}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
