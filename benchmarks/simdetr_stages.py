@@ -10,7 +10,10 @@ Everything is measured in one run and printed as a table at the end; the same nu
 to ``output/bench_simdetr_stages/results.json``. Trailing KEY VALUE pairs override the
 extractor config (``INPUT.*``, ``SIMDETR.PROPOSALS.*``, ``SIMDETR.CLUSTERING.*``, ...) for
 every stage, exactly as ``tools/simdetr.py`` takes them. Torch's thread count is left
-as torch chooses (it is printed).
+as torch chooses unless ``--threads N`` is given (it is printed). On a machine whose CPUs
+are shared (data loader workers, other jobs), OpenMP's default busy-waiting can make the
+CNN several times slower; ``OMP_WAIT_POLICY=PASSIVE python benchmarks/simdetr_stages.py``
+or ``--threads 1`` shows how much (the policy is printed).
 
 1. Stage A (``extract_proposals``) over an image folder (default
    ``../shared/data/unlabeled/images``), in a fresh output folder, ``--num-workers`` data
@@ -30,6 +33,8 @@ as torch chooses (it is printed).
      do in the main run), "features" (``extractor(image)``, the CNN forward) and
      "clustering" (``region_proposals``: Ward tree + cuts + boxes + de-dup), in ms / image.
      The grid (h x w cells of the feature map) that Ward clusters is printed too.
+   - the 1-min load average (at the start, after stage A, at the end): above the CPU count,
+     other processes shared the CPUs and every time here is inflated accordingly.
 2. Stage B (``cluster_proposals``: load chunks, faiss spherical k-means, COCO json) over
    those proposals. K is ``SIMDETR.CLUSTERING.NUM_CLUSTERS`` (256), lowered to
    proposals // 4 when that is smaller (the K used is printed). Cluster sizes come from
@@ -182,6 +187,7 @@ def stage_a(cfg, args, extractor, results):
         "rss_peak_mib_children_before": children_before,
         "rss_peak_mib_children": maxrss_mib(resource.RUSAGE_CHILDREN),
         "embedding_dim": int(proposals.embeddings.shape[1]),
+        "load_average_1min_after": os.getloadavg()[0],
         **count_stats(proposals, simdetr.proposal_params(cfg).max_proposals),
     }
     log(f"stage A: {wall:.1f} s, {a['images_per_s']:.2f} images/s; timing the split on {args.sample} images")
@@ -347,9 +353,13 @@ def report(results):
     print(f"SimDETR stages benchmark   config {os.path.relpath(env['config_file'], ROOT)}  "
           f"overrides {' '.join(env['opts']) or '-'}")
     print(f"  device {env['device']}, torch threads {env['torch_threads']}, {env['cpu_count']} CPUs, "
+          f"OMP_WAIT_POLICY {env['omp_wait_policy'] or '(unset)'}, "
           f"input short side {env['min_size']} (max {env['max_size']}), extractor built in {env['model_build_s']:.1f} s")
+    print(f"  1-min load average at start {env['load_average_start'][0]:.1f}, at end {env['load_average_end'][0]:.1f} "
+          f"(above the CPU count means other processes shared the CPUs and the times are inflated)")
     print()
-    print(f"Stage A: {a['images']} images, {a['num_workers']} workers")
+    print(f"Stage A: {a['images']} images, {a['num_workers']} workers "
+          f"(1-min load average when it ended {a['load_average_1min_after']:.1f})")
     print(table(["measure", "value"], [
         ["wall clock (s)", f"{a['wall_s']:.1f}"],
         ["images/s", f"{a['images_per_s']:.2f}"],
@@ -375,7 +385,7 @@ def report(results):
           + f", niter {b['niter']}")
     print(table(["measure", "value"], [
         ["cluster_proposals wall (s)", f"{b['wall_s']:.2f}"],
-        ["  of which spherical_kmeans (s)", f"{b['kmeans_only_s']:.2f}"],
+        ["spherical_kmeans alone, same data (s)", f"{b['kmeans_only_s']:.2f}"],
         ["proposals/s", f"{b['proposals_per_s']:.0f}"],
         ["largest cluster", f"{b['cluster_size_max']} ({b['largest_cluster_fraction']:.1%})"],
         ["5 largest clusters", f"{b['largest_5_clusters_fraction']:.1%}"],
@@ -415,6 +425,8 @@ def main():
                         help="also k-means 1M synthetic vectors (~2 GB at dim 256, ~10 GB at dim 1280)")
     parser.add_argument("--kmeans-dim", type=int, default=0,
                         help="dimension of the synthetic k-means vectors (default: the embeddings')")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads for this process (default 0: as torch chooses)")
     parser.add_argument("--skip-coco128", action="store_true", help="skip the proposal quality part")
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -428,6 +440,8 @@ def main():
     if not os.path.isfile(args.config_file):
         sys.exit(f"error: no config file {args.config_file}")
     os.makedirs(args.output, exist_ok=True)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     cfg = load_yaml_config(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -443,12 +457,16 @@ def main():
         "faiss": faiss.__version__, "python": platform.python_version(), "min_size": cfg.INPUT.MIN_SIZE_TEST,
         "max_size": cfg.INPUT.MAX_SIZE_TEST, "feature": extractor.feature, "stride": extractor.stride,
         "model_build_s": build, "proposal_params": dataclasses.asdict(simdetr.proposal_params(cfg)),
+        "load_average_start": os.getloadavg(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
     }}
     proposals_dir, proposals = stage_a(cfg, args, extractor, results)
     stage_b(cfg, args, proposals_dir, proposals, results)
     del proposals
     quality(cfg, args, extractor, results)
     results["rss_peak_mib_end"] = maxrss_mib(resource.RUSAGE_SELF)
+    results["env"]["load_average_end"] = os.getloadavg()
     report(results)
     path = os.path.join(args.output, "results.json")
     with open(path, "w") as f:

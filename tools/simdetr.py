@@ -63,7 +63,8 @@ def _records(dataset: str):
 def _extract_shard(args, shard_index, num_shards, threads):
     if threads:  # a spawned process: its own logger and its share of the cores
         setup_logger(name="updetr_d2", distributed_rank=shard_index)
-        torch.set_num_threads(threads)
+    if args.threads or threads:
+        torch.set_num_threads(args.threads or threads)
     cfg = _config(args)
     extractor = simdetr.FeatureExtractor.from_config(cfg)
     return simdetr.extract_proposals(
@@ -71,6 +72,8 @@ def _extract_shard(args, shard_index, num_shards, threads):
         min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST, image_format=cfg.INPUT.FORMAT,
         chunk_size=args.chunk_size, num_workers=args.num_workers, shard_index=shard_index,
         num_shards=num_shards, source=args.dataset, max_chunks=args.max_chunks,
+        extractor_id=" ".join(str(v) for v in (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS, list(cfg.MODEL.PIXEL_MEAN),
+                                                list(cfg.MODEL.PIXEL_STD), cfg.INPUT.FORMAT)),
     )
 
 
@@ -166,6 +169,9 @@ def parse_args(argv=None):
     p.add_argument("--num-shards", type=int, default=1, help="shards over machines (with --shard-index)")
     p.add_argument("--shard-index", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=64, help="images per chunk file")
+    # On shared or busy CPUs fewer threads than cores can be faster: torch's threads spin
+    # while they wait (benchmarks/simdetr_stages.py measured 2-3x).
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's choice)")
     p.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
     c = sub.add_parser("cluster", help="stage B: pseudo-classes by spherical k-means")
     c.add_argument("--config-file", default="")

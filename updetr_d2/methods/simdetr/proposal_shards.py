@@ -74,17 +74,20 @@ def extract_proposals(
     shard_index: int = 0,
     num_shards: int = 1,
     source: str = "",
+    extractor_id: str = "",
     max_chunks: Optional[int] = None,
 ) -> Tuple[int, int]:
     """Write the chunks of shard ``shard_index`` that are not on disk yet; returns
     (chunks written now, chunks of this shard already done). Images are resized to a
     short side ``min_size`` (long side at most ``max_size``) before extraction; boxes are
-    stored in the original image's pixels. ``max_chunks`` stops early (tests; a job
+    stored in the original image's pixels. ``extractor_id`` names what made the features
+    (backbone, weights, normalisation) so a rerun with another extractor of the same shape
+    is refused instead of mixed in. ``max_chunks`` stops early (tests; a job
     scheduler's time slices)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
     manifest = {
-        "source": source, "num_images": len(records), "chunk_size": chunk_size,
+        "source": source, "extractor": extractor_id, "num_images": len(records), "chunk_size": chunk_size,
         "params": json.loads(json.dumps(dataclasses.asdict(params))), "feature": extractor.feature,
         "stride": extractor.stride, "channels": extractor.channels, "min_size": min_size, "max_size": max_size,
         "images_sha1": hashlib.sha1("\n".join(r["file_name"] for r in records).encode()).hexdigest(),
