@@ -25,6 +25,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIMDETR = os.path.join(ROOT, "projects", "SimDETR", "configs")
 
@@ -59,7 +61,8 @@ def main():
     parser.add_argument("--finetune-iters", type=int, default=600)
     parser.add_argument("--num-clusters", type=int, default=64, help="K of the SimDETR pseudo-classes")
     parser.add_argument("--rounds", type=int, default=1, help="SimDETR self-training rounds")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1,2,3",
+                        help="fine-tuning seeds (pretraining runs once, with the first)")
     parser.add_argument("--arms", default="none,UP-DETR,SimDETR")
     parser.add_argument("--simdetr-opts", default="MODEL.EFFICIENTNET.FREEZE_AT 5",
                         help="overrides of the SimDETR pretraining config (space-separated)")
@@ -77,7 +80,8 @@ def main():
     out = os.path.abspath(args.output)
     images = os.path.abspath(args.unlabeled)
     arms = args.arms.split(",")
-    seed = ["SEED", str(args.seed)]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    seed = ["SEED", str(seeds[0])]
 
     def pretrain_opts(iters):
         return ["DATASETS.TRAIN", f"('{images}',)", "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS",
@@ -111,19 +115,24 @@ def main():
     steps = f"({int(args.finetune_iters * 0.8)},)"
     finetune = ["DATASETS.TRAIN", "('coco128_train',)", "DATASETS.TEST", "('coco128_val',)",
                 "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.MAX_ITER", str(args.finetune_iters),
-                "SOLVER.STEPS", steps, "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.finetune_iters // 2)), *seed,
+                "SOLVER.STEPS", steps, "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.finetune_iters // 2)),
                 *args.finetune_opts.split()]
     results = {}
     for arm in [a for a in ["none", "UP-DETR", "SimDETR"] if a in arms]:
-        opts = finetune + (["MODEL.WEIGHTS", weights[arm]] if weights[arm] else [])
-        results[arm] = train(args.finetune_config, opts, os.path.join(out, f"finetune_{arm}"))
+        for s in seeds:
+            opts = finetune + ["SEED", str(s)] + (["MODEL.WEIGHTS", weights[arm]] if weights[arm] else [])
+            results.setdefault(arm, {})[s] = train(args.finetune_config, opts, os.path.join(out, f"finetune_{arm}_seed{s}"))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
-    print(f"\nCOCO128 val after {args.finetune_iters} fine-tuning iterations (seed {args.seed}); "
+    print(f"\nCOCO128 val after {args.finetune_iters} fine-tuning iterations, mean +- std over seeds {seeds}; "
           f"pretraining: {args.pretrain_iters} iterations on {images}")
-    print(f"  {'pretraining':12s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}")
-    for arm, m in results.items():
-        print(f"  {arm:12s} " + " ".join(f"{m.get(k, float('nan')):6.2f}" for k in ("AP", "AP50", "AP75")))
+    print(f"  {'pretraining':12s} " + " ".join(f"{k:>13s}" for k in ("AP", "AP50", "AP75")) + "   per seed AP")
+    for arm, per_seed in results.items():
+        cells = []
+        for k in ("AP", "AP50", "AP75"):
+            v = np.array([m.get(k, np.nan) for m in per_seed.values()])
+            cells.append(f"{v.mean():6.2f} +- {v.std():4.2f}")
+        print(f"  {arm:12s} " + " ".join(cells) + "   " + ", ".join(f"{m.get('AP', np.nan):.2f}" for m in per_seed.values()))
 
 
 if __name__ == "__main__":
