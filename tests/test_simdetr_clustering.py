@@ -19,8 +19,8 @@ from updetr_d2.methods.simdetr.clustering import (
     oversized_clusters,
     pseudo_label_coco,
     spherical_kmeans,
-    write_json_atomic,
 )
+from updetr_d2.methods.simdetr.files import write_json_atomic
 
 K, D, PER = 8, 32, 200
 

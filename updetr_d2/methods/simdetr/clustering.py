@@ -18,16 +18,13 @@ centroids, i.e. not spherical.
 The result is written as a COCO-format json (categories 1..K, ``category_id = cluster
 + 1``) so the ordinary Detectron2 / pycocotools loaders read it.
 """
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = ["ClusteringParams", "cluster_size_warning", "coco_boxes_xyxy", "oversized_clusters",
-           "pseudo_label_coco", "spherical_kmeans", "write_json_atomic"]
+           "pseudo_label_coco", "spherical_kmeans"]
 
 
 # ClusteringParams.init -> faiss ClusteringInitMethod constant name.
@@ -240,23 +237,3 @@ def coco_boxes_xyxy(coco: dict) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
         )
         for image_id, (boxes, labels) in per_image.items()
     }
-
-
-def write_json_atomic(obj, path) -> None:
-    """Write ``obj`` as json to ``path`` via a temp file in the same directory and
-    ``os.replace``, so a crash never leaves a half-written file under the final name."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a dataset file should be readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

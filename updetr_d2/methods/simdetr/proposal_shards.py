@@ -22,7 +22,8 @@ import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 
-from .clustering import pseudo_label_coco, write_json_atomic
+from .clustering import pseudo_label_coco
+from .files import atomic_write, write_json_atomic
 from .extractor import FeatureExtractor
 from .proposals import ProposalParams, region_proposals, scale_boxes
 
@@ -39,10 +40,7 @@ def _chunk_path(output_dir: str, chunk: int) -> str:
 
 
 def _save_npz_atomic(path: str, **arrays) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def _check_manifest(output_dir: str, manifest: Dict) -> None:
@@ -97,10 +95,9 @@ def extract_proposals(
         write_json_atomic(coco_images(records), os.path.join(output_dir, IMAGES))
     num_chunks = (len(records) + chunk_size - 1) // chunk_size
     mine = [c for c in range(num_chunks) if c % num_shards == shard_index]
-    todo = [c for c in mine if not os.path.exists(_chunk_path(output_dir, c))]
-    if max_chunks is not None:
-        todo = todo[:max_chunks]
-    done_before = len(mine) - len([c for c in mine if not os.path.exists(_chunk_path(output_dir, c))])
+    missing = [c for c in mine if not os.path.exists(_chunk_path(output_dir, c))]
+    done_before = len(mine) - len(missing)
+    todo = missing if max_chunks is None else missing[:max_chunks]
     if not todo:
         return 0, done_before
     indices = [i for c in todo for i in range(c * chunk_size, min((c + 1) * chunk_size, len(records)))]

@@ -2,8 +2,8 @@
 
 A targets folder holds ``round_000.json`` (stage B: clustered proposals), one
 ``round_<r>.json`` per self-training round (stage D), each an ordinary COCO-format file
-(categories 1..K, no segmentation), and ``current.json`` naming the round training reads
-now. Every file is written whole and then renamed into place, so a killed run never
+(categories 1..K, no segmentation), ``rounds.json`` (the iteration each round was made
+after) and ``current.json`` naming the round training reads now. Every file is written whole and then renamed into place, so a killed run never
 leaves a half-written round and a reader never sees one.
 
 The mapper looks at ``current.json`` on every call (one ``stat``): when a self-training
@@ -21,13 +21,15 @@ from detectron2.structures import BoxMode
 
 from ...data.mappers.build import MAPPER_REGISTRY
 from ...data.mappers.detr_mapper import DetrDatasetMapper
-from .clustering import coco_boxes_xyxy, write_json_atomic
+from .clustering import coco_boxes_xyxy
+from .files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PseudoLabelDatasetMapper", "PseudoLabelRounds"]
 
 POINTER = "current.json"
+INDEX = "rounds.json"  # round -> the iteration it was made after
 
 
 class PseudoLabelRounds:
@@ -36,6 +38,7 @@ class PseudoLabelRounds:
     def __init__(self, directory: str):
         self.directory = directory
         self.pointer = os.path.join(directory, POINTER)
+        self.index = os.path.join(directory, INDEX)
 
     def path(self, round_index: int) -> str:
         return os.path.join(self.directory, f"round_{round_index:03d}.json")
@@ -46,6 +49,9 @@ class PseudoLabelRounds:
         go back to the round that was current at its start."""
         path = self.path(round_index)
         write_json_atomic(coco, path)
+        made = dict(self.rounds())
+        made[round_index] = iteration
+        write_json_atomic({str(r): it for r, it in sorted(made.items())}, self.index)
         self.set_current(round_index, iteration, len(coco["categories"]))
         return path
 
@@ -61,14 +67,12 @@ class PseudoLabelRounds:
             return json.load(f)
 
     def rounds(self) -> List[Tuple[int, int]]:
-        """(round, iteration it was made after) of every round on disk, in order."""
-        found = []
-        for name in sorted(os.listdir(self.directory)):
-            if name.startswith("round_") and name.endswith(".json"):
-                with open(os.path.join(self.directory, name)) as f:
-                    info = json.load(f).get("info", {})
-                found.append((int(name[6:9]), int(info.get("iteration", 0))))
-        return found
+        """(round, iteration it was made after) of every round written, in order (from
+        the small index file, so the rounds themselves, which can be large, are not read)."""
+        if not os.path.exists(self.index):
+            return []
+        with open(self.index) as f:
+            return sorted((int(r), int(it)) for r, it in json.load(f).items())
 
     def base_round(self) -> int:
         """The last round made outside a training run (stage B, the relabel tool: iteration
@@ -85,12 +89,12 @@ class PseudoLabelRounds:
         usable = [(it, r) for r, it in self.rounds() if it <= start_iter]
         if not usable:
             raise FileNotFoundError(f"{self.directory} has no round_000.json (stage B's pseudo-labels)")
-        chosen = max(usable)[1]
-        with open(self.path(chosen)) as f:
-            num_classes = len(json.load(f)["categories"])
-        if self.current()["round"] != chosen:
+        iteration, chosen = max(usable)
+        current = self.current()
+        if current["round"] != chosen:
             logger.info("Pseudo-labels: resuming at iteration %d with round %d", start_iter, chosen)
-            self.set_current(chosen, dict(self.rounds())[chosen], num_classes)
+            # Every round has the same K classes (stage B's), so the pointer's count holds.
+            self.set_current(chosen, iteration, current["num_classes"])
         return chosen
 
     def load(self, round_index: Optional[int] = None) -> Tuple[int, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
