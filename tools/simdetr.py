@@ -30,33 +30,22 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from updetr_d2.config import load_yaml_config
-from updetr_d2.data import register_unlabeled_folder
+from updetr_d2.engine.launch import device_or_cpu, register_image_folders
 from updetr_d2.methods import simdetr
 
 logger = logging.getLogger("updetr_d2")
 
 
 def _config(args):
-    cfg = load_yaml_config(args.config_file, args.opts) if args.config_file else _default_config(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
-def _default_config(opts):
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    updetr_d2.add_updetr_config(cfg)
-    cfg.merge_from_list(list(opts))
+    cfg = load_yaml_config(args.config_file, args.opts)
+    cfg.MODEL.DEVICE = device_or_cpu(cfg.MODEL.DEVICE)
     return cfg
 
 
 def _records(dataset: str):
+    register_image_folders([dataset])
     if dataset not in DatasetCatalog.list():
-        if not os.path.isdir(dataset):
-            raise SystemExit(f"error: --dataset {dataset!r} is neither a registered dataset nor a folder")
-        register_unlabeled_folder(dataset, dataset)
+        raise SystemExit(f"error: --dataset {dataset!r} is neither a registered dataset nor a folder")
     return DatasetCatalog.get(dataset)
 
 

@@ -102,12 +102,13 @@ def add_updetr_config(cfg):
 
 
 def load_yaml_config(config_file: str, opts=()):
-    """Detectron2's defaults + the project's keys, then ``config_file`` and ``opts``
-    (KEY VALUE pairs) merged in; not frozen."""
+    """Detectron2's defaults + the project's keys, then ``config_file`` (none when empty)
+    and ``opts`` (KEY VALUE pairs) merged in; not frozen."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_updetr_config(cfg)
-    cfg.merge_from_file(config_file)
+    if config_file:
+        cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     return cfg

@@ -25,7 +25,7 @@ def is_lazy_config(path: str) -> bool:
     return path.endswith(".py")
 
 
-def _device_or_cpu(device: str) -> str:
+def device_or_cpu(device: str) -> str:
     """A config written for a GPU still runs on a machine without one."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("Config asks for device '%s' but CUDA is not available: using the CPU.", device)
@@ -48,11 +48,11 @@ def setup(args):
     if is_lazy_config(args.config_file):
         cfg = LazyConfig.load(args.config_file)
         cfg = LazyConfig.apply_overrides(cfg, args.opts)
-        cfg.train.device = _device_or_cpu(cfg.train.get("device", "cpu"))
+        cfg.train.device = device_or_cpu(cfg.train.get("device", "cpu"))
         register_image_folders(cfg.dataloader.train.dataset.get("names", ()))
     else:
         cfg = load_yaml_config(args.config_file, args.opts)
-        cfg.MODEL.DEVICE = _device_or_cpu(cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = device_or_cpu(cfg.MODEL.DEVICE)
         register_image_folders(cfg.DATASETS.TRAIN)
         cfg.freeze()
     run_config_checks(cfg)  # methods' checks of key combinations, before anything is built
