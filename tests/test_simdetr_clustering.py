@@ -20,7 +20,7 @@ from updetr_d2.methods.simdetr.clustering import (
     pseudo_label_coco,
     spherical_kmeans,
 )
-from updetr_d2.methods.simdetr.files import write_json_atomic
+from updetr_d2.utils.files import write_json_atomic
 
 K, D, PER = 8, 32, 200
 

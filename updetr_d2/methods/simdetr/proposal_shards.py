@@ -23,7 +23,7 @@ from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 
 from .clustering import pseudo_label_coco
-from .files import atomic_write, write_json_atomic
+from ...utils.files import atomic_write, write_json_atomic
 from .extractor import FeatureExtractor
 from .proposals import ProposalParams, region_proposals, scale_boxes
 

@@ -22,7 +22,7 @@ from detectron2.structures import BoxMode
 from ...data.mappers.build import MAPPER_REGISTRY
 from ...data.mappers.detr_mapper import DetrDatasetMapper
 from .clustering import coco_boxes_xyxy
-from .files import write_json_atomic
+from ...utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Whole-or-nothing file writes for the stages' outputs: written to a temporary file in
+"""Whole-or-nothing file writes (datasets, pseudo-labels, codebooks): written to a temporary file in
 the same folder, flushed to disk, then renamed into place, so a killed run never leaves a
 half-written file under its final name and a reader never sees one."""
 import json
