@@ -35,6 +35,9 @@ def add_detr_config(cfg):
     d.QUERY_GENERATOR = ""
     # Registered plug-ins (PLUGIN_REGISTRY) that add phases' work and losses to the model.
     d.PLUGINS = []
+    # Encoder pretraining: keep backbone, input projection and encoder only, and train the
+    # plug-ins' losses (e.g. EncoderPretext); the checkpoint loads into the full detector.
+    d.ENCODER_ONLY = False
     d.SIZE_DIVISIBILITY = 32
     # Loss weights, also the matcher's cost weights (as in DETR).
     d.CLASS_WEIGHT = 1.0

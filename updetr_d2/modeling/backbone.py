@@ -1,5 +1,6 @@
 """Any Detectron2 backbone as a DETR feature extractor: feature maps plus the padding
 masks (True = padded pixel) that position embeddings and attention need."""
+import re
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -61,3 +62,22 @@ class MaskedBackbone(nn.Module):
 
     def forward(self, images: ImageList) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         return self.forward_all(images)[1]
+
+
+def config_feature_strides(cfg, names: Sequence[str]) -> List[int]:
+    """Strides of backbone outputs named in a yaml config, without building the backbone
+    when the names say it (Detectron2's ``resN`` / ``pN``: stride 2^N)."""
+    strides = {}
+    for name in names:
+        match = re.fullmatch(r"(?:res|p)(\d)", name)
+        if match:
+            strides[name] = 2 ** int(match.group(1))
+    if len(strides) < len(names):
+        from detectron2.modeling import build_backbone
+
+        shapes = build_backbone(cfg).output_shape()
+        strides.update({n: shapes[n].stride for n in names if n in shapes})
+    missing = [n for n in names if n not in strides]
+    if missing:
+        raise ValueError(f"the backbone has no output {missing}")
+    return [strides[n] for n in names]

@@ -6,7 +6,9 @@ under ``plugins.<i>.``) that the meta-architecture calls at fixed points of its 
 
 * ``after_encode(model, state)``: the encoder memory is in ``state.memory``; e.g. an
   encoder pretext computes its head here and keeps what its loss needs on itself or in
-  ``state.extras``;
+  ``state.extras``. In an encoder-only model (``MODEL.DETR.ENCODER_ONLY``) nothing ran
+  before (``state.memory`` is None) and the plug-in encodes the view it needs with
+  ``model.encode_images``;
 * ``after_predict(model, state)``: decoder states and the output dict are ready
   (``state.decoded``, ``state.outputs``); e.g. a mask head;
 * ``losses(model, state) -> dict``: extra weighted ``loss_*`` terms (training only),

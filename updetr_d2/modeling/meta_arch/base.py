@@ -20,6 +20,11 @@ Phases (each an overridable method; :class:`DetectorState` carries their results
 * ``decode`` returns :class:`DecoderStates` (every decoder layer's output);
 * ``predict`` turns them into DETR's output dict (``pred_logits``, ``pred_boxes``,
   ``aux_outputs``).
+
+An encoder-only detector (``encoder_only=True``: encoder pretraining) keeps the backbone,
+input projection and encoder, drops the decoder side (``drop_decoder_side``), and trains
+only its plug-ins' losses; the plug-ins run the encoder themselves on whatever view they
+need (``encode_images``), so its checkpoint keys are exactly the detector's.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -101,6 +106,7 @@ class SetPredictionDetector(nn.Module):
         pixel_std: Sequence[float],
         size_divisibility: int = 32,
         plugins: Sequence[nn.Module] = (),
+        encoder_only: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -110,13 +116,35 @@ class SetPredictionDetector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.plugins = nn.ModuleList(plugins)
+        self.encoder_only = encoder_only
+        if encoder_only and not self.plugins:
+            raise ValueError(
+                "an encoder-only model (MODEL.DETR.ENCODER_ONLY) trains only plug-in losses; give it a "
+                "plug-in that trains the encoder, e.g. MODEL.DETR.PLUGINS: [\"EncoderPretext\"]"
+            )
 
     @property
     def device(self):
         return self.pixel_mean.device
 
+    @property
+    def memory_strides(self) -> List[int]:
+        """Input pixels per token of every level of the encoder memory."""
+        raise NotImplementedError
+
+    def drop_decoder_side(self, names: Sequence[str]) -> None:
+        """Remove the modules (dotted names) that only the decoder side uses, so an
+        encoder-only model neither holds nor checkpoints them."""
+        for name in names:
+            parent, _, attr = name.rpartition(".")
+            owner = self.get_submodule(parent) if parent else self
+            if getattr(owner, attr, None) is not None:
+                setattr(owner, attr, None)
+
     # --- the phases -----------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
+        if self.encoder_only:
+            return self.encoder_only_losses(batched_inputs)
         state = self.run_phases(batched_inputs)
         if self.training:
             return self.losses(state)
@@ -136,6 +164,31 @@ class SetPredictionDetector(nn.Module):
         for plugin in self.plugins:
             plugin.after_predict(self, state)
         return state
+
+    def encode_images(self, images: Sequence[Tensor]) -> DetectorState:
+        """preprocess -> backbone -> encode for other images than the inputs' (e.g. a
+        corrupted view of them, CHW in pixel units); no plug-in, no query."""
+        batched = [{"image": image} for image in images]
+        state = DetectorState(batched, self.preprocess_image(batched))
+        state.backbone_outputs, state.features = self.backbone_features(state)
+        state.memory = self.encode(state)
+        return state
+
+    def encoder_only_losses(self, batched_inputs: List[Dict]) -> Dict[str, Tensor]:
+        """An encoder-only model's forward: its plug-ins' losses; each runs the encoder on
+        the view it needs in ``after_encode`` (``state.memory`` is None here)."""
+        if not self.training:
+            raise RuntimeError(
+                f"this {type(self).__name__} is encoder-only (pretraining): it has no decoder and gives no "
+                "detections; load its checkpoint into the detector (MODEL.WEIGHTS) to detect"
+            )
+        state = DetectorState(batched_inputs, None)
+        for plugin in self.plugins:
+            plugin.after_encode(self, state)
+        losses: Dict[str, Tensor] = {}
+        for plugin in self.plugins:
+            add_losses(losses, plugin.losses(self, state), type(plugin).__name__)
+        return losses
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]

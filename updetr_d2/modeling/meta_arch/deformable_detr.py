@@ -21,7 +21,7 @@ from torch import nn
 from ...layers.deformable_transformer import DeformableTransformer
 from ...layers.encoder_memory import EncoderMemory
 from ...layers.position_encoding import PositionEmbeddingSine
-from ..backbone import MaskedBackbone, level_padding_mask, padding_mask
+from ..backbone import MaskedBackbone, config_feature_strides, level_padding_mask, level_strides, padding_mask
 from ..criterion import BoxL1GIoU, LabelFocal, SetCriterion
 from ..heads import BoxRefinementHeads
 from ..matcher import HungarianMatcher
@@ -129,6 +129,7 @@ class DeformableDetr(SetPredictionDetector):
         test_topk: int = 100,
         size_divisibility: int = 32,
         plugins: Sequence[nn.Module] = (),
+        encoder_only: bool = False,
     ):
         super().__init__(
             backbone=backbone,
@@ -138,6 +139,7 @@ class DeformableDetr(SetPredictionDetector):
             pixel_std=pixel_std,
             size_divisibility=size_divisibility,
             plugins=plugins,
+            encoder_only=encoder_only,
         )
         if two_stage != (query_generator is None):
             raise ValueError("two-stage Deformable DETR takes its queries from the encoder: "
@@ -161,6 +163,11 @@ class DeformableDetr(SetPredictionDetector):
         self.num_proposals = num_queries
         self.two_stage = two_stage
         self.test_topk = test_topk
+        if encoder_only:
+            self.drop_decoder_side([
+                "transformer.decoder", "query_generator", "heads", "transformer.enc_output",
+                "transformer.enc_output_norm", "transformer.pos_trans", "transformer.pos_trans_norm",
+            ])
 
     @classmethod
     def from_config(cls, cfg):
@@ -194,7 +201,18 @@ class DeformableDetr(SetPredictionDetector):
             "test_topk": dd.TEST_TOPK,
             "size_divisibility": d.SIZE_DIVISIBILITY,
             "plugins": build_plugins(cfg),
+            "encoder_only": d.ENCODER_ONLY,
         }
+
+    @property
+    def memory_strides(self) -> List[int]:
+        return level_strides(self.backbone.strides, self.transformer.num_feature_levels)
+
+    @classmethod
+    def memory_strides_from_config(cls, cfg) -> List[int]:
+        """``memory_strides`` of the model a yaml config builds (for plug-ins' sizes)."""
+        dd = cfg.MODEL.DEFORMABLE_DETR
+        return level_strides(config_feature_strides(cfg, dd.IN_FEATURES), dd.NUM_FEATURE_LEVELS)
 
     @property
     def num_queries(self) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 from ...layers.encoder_memory import EncoderMemory
 from ...layers.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from ...layers.transformer import Transformer
-from ..backbone import MaskedBackbone
+from ..backbone import MaskedBackbone, config_feature_strides
 from ..criterion import BoxL1GIoU, LabelCrossEntropy, SetCriterion
 from ..heads import DetrPredictionHeads
 from ..matcher import HungarianMatcher
@@ -87,6 +87,7 @@ class Detr(SetPredictionDetector):
         aux_loss: bool = True,
         size_divisibility: int = 32,
         plugins: Sequence[nn.Module] = (),
+        encoder_only: bool = False,
     ):
         super().__init__(
             backbone=backbone,
@@ -96,12 +97,15 @@ class Detr(SetPredictionDetector):
             pixel_std=pixel_std,
             size_divisibility=size_divisibility,
             plugins=plugins,
+            encoder_only=encoder_only,
         )
         self.position_embedding = position_embedding
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1)
         self.transformer = transformer
         self.query_generator = query_generator
         self.heads = DetrPredictionHeads(hidden_dim, num_classes, aux_loss=aux_loss)
+        if encoder_only:
+            self.drop_decoder_side(["transformer.decoder", "query_generator", "heads"])
 
     @classmethod
     def from_config(cls, cfg):
@@ -119,7 +123,17 @@ class Detr(SetPredictionDetector):
             "aux_loss": d.DEEP_SUPERVISION,
             "size_divisibility": d.SIZE_DIVISIBILITY,
             "plugins": build_plugins(cfg),
+            "encoder_only": d.ENCODER_ONLY,
         }
+
+    @property
+    def memory_strides(self) -> List[int]:
+        return [self.backbone.strides[-1]]
+
+    @classmethod
+    def memory_strides_from_config(cls, cfg) -> List[int]:
+        """``memory_strides`` of the model a yaml config builds (for plug-ins' sizes)."""
+        return config_feature_strides(cfg, [cfg.MODEL.DETR.IN_FEATURE])
 
     # --- phases -------------------------------------------------------------------
     def encode(self, state: DetectorState) -> EncoderMemory:
