@@ -28,7 +28,6 @@ from detectron2.utils.logger import setup_logger
 
 from updetr_d2.config import load_yaml_config
 from updetr_d2.engine.launch import register_image_folders
-from updetr_d2.methods.pretext import config as _pretext_config  # noqa: F401  (MODEL.PRETEXT.* keys)
 from updetr_d2.methods.pretext.tokenizer import build_codebook, save_codebook
 
 logger = logging.getLogger("updetr_d2")

@@ -12,7 +12,6 @@ pixel ever is a target (the original code assumed square 512 px inputs instead).
 """
 from typing import Tuple
 
-import torch
 from torch import Tensor
 
 __all__ = ["patch_grid", "crop_to_patches", "patchify", "unpatchify", "expand_grid"]
