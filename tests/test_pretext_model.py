@@ -205,3 +205,47 @@ def test_encoder_pretraining_learns_and_hands_off_backbone_projection_encoder(tm
         else:
             assert torch.equal(value, fresh[key]), key  # decoder, queries, heads: fresh
     assert "encoder-only pretraining checkpoint" in caplog.text and "plugins.0" in caplog.text
+
+
+# ----------------------------------------------------------------------------- discrete MIM, UP-DETR
+def test_discrete_mim_trains_with_a_project_built_codebook(tmp_path):
+    from updetr_d2.methods.pretext.tokenizer import save_codebook
+
+    cfg = tiny_cfg("detr", "mim_discrete", codebook=str(tmp_path / "codebook.npz"))
+    centroids = np.random.default_rng(0).normal(size=(8, 3 * 4 * 4)).astype(np.float32)
+    save_codebook(cfg.MODEL.PRETEXT.CODEBOOK, centroids, 32, 4, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.plugins[0].heads[0].proj.out_features == 8
+    assert not any(".tokenizer." in k for k in model.state_dict())  # the codebook stays a file
+    model.train()
+    with EventStorage(0):
+        losses = model(batch("mim"))
+    assert 0 < losses["loss_mim_discrete"].item() < 10
+
+
+def test_updetr_pretraining_with_a_pretext_in_one_run():
+    from detectron2.data import DatasetCatalog
+    from updetr_d2.methods.pretext import PretextDatasetMapper
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.yaml"))
+    d = cfg.MODEL.DETR
+    d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS = 32, 4, 64, 1, 1
+    d.PLUGINS = ["EncoderPretext"]
+    cfg.INPUT.DATASET_MAPPER, cfg.MODEL.PRETEXT.BASE_MAPPER = "PretextDatasetMapper", "QueryPatchDatasetMapper"
+    cfg.MODEL.PRETEXT.TASK = "jigsaw_continuous"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (160,), 224
+    cfg.MODEL.DEVICE = "cpu"
+    mapper = PretextDatasetMapper(cfg, True)
+    inputs = [mapper(r) for r in DatasetCatalog.get("updetr_demo_unlabeled")[:2]]
+    assert all("patches" in x and "pretext" in x for x in inputs)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    with EventStorage(0):
+        losses = model(inputs)
+    assert {"loss_ce", "loss_bbox", "loss_feature", "loss_jigsaw_continuous"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.transformer.encoder.layers[0].self_attn.in_proj_weight.grad.abs().sum() > 0
