@@ -1,11 +1,11 @@
-"""The decoder self-attention mask builder: UP-DETR groups, DN-DETR and Co-DETR masks
-(golden matrices by hand, properties over many sizes) and their effect on the transformer."""
+"""The decoder self-attention mask builder: layouts and rules, DN-DETR and Co-DETR masks
+(golden matrices by hand, properties over many sizes) and their effect on the transformer.
+UP-DETR's patch-group masks are tested in test_updetr_groups.py."""
 import pytest
 import torch
 
 import updetr_d2  # noqa: F401
 from updetr_d2.layers.transformer import Transformer
-from updetr_d2.methods.updetr.groups import contiguous_group_sizes, contiguous_groups, updetr_group_mask
 from updetr_d2.modeling.attention_masks import (
     QueryLayout,
     Segment,
@@ -122,117 +122,6 @@ def test_expand_to_heads_is_image_major():
             assert torch.equal(out[b * 2 + h], blocked[b])
     shared = torch.rand(4, 4) > 0.5
     assert expand_to_heads(shared, 2) is shared
-
-
-# ------------------------------------------------------------------------ UP-DETR
-
-
-def _block_diagonal(sizes):
-    n = sum(sizes)
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    start = 0
-    for s in sizes:
-        allowed[start : start + s, start : start + s] = True
-        start += s
-    return ~allowed
-
-
-def _official_buggy_mask(num_queries, num_patches):
-    """UP-DETR's released mask (updetr.md 7.1), written from its description: the loop
-    runs over the queries per patch instead of the patches. True = blocked."""
-    per_patch = num_queries // num_patches
-    blocked = torch.ones(num_queries, num_queries, dtype=torch.bool)
-    for i in range(per_patch):  # should be range(num_patches)
-        blocked[i * per_patch : (i + 1) * per_patch, i * per_patch : (i + 1) * per_patch] = False
-    return blocked
-
-
-def test_updetr_default_ten_blocks_of_ten():
-    m = updetr_group_mask(100, 10)
-    assert m.shape == (100, 100) and m.dtype == torch.bool
-    assert torch.equal(m, _block_diagonal([10] * 10))
-    assert (~m).sum() == 10 * 10 * 10
-
-
-def test_updetr_twenty_patches_no_fully_blocked_row():
-    # regression for the official bug: there 75 of 100 rows are fully blocked (NaN softmax)
-    assert _official_buggy_mask(100, 20).all(dim=-1).sum() == 75
-    m = updetr_group_mask(100, 20)
-    assert torch.equal(m, _block_diagonal([5] * 20))
-    assert _no_full_row(m)
-    assert ((~m).sum(dim=-1) == 5).all()
-
-
-def test_updetr_uneven_golden():
-    assert contiguous_group_sizes(10, 3) == [4, 3, 3]
-    assert contiguous_groups(10, 3).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
-    expected = _golden(
-        "....xxxxxx",
-        "....xxxxxx",
-        "....xxxxxx",
-        "....xxxxxx",
-        "xxxx...xxx",
-        "xxxx...xxx",
-        "xxxx...xxx",
-        "xxxxxxx...",
-        "xxxxxxx...",
-        "xxxxxxx...",
-    )
-    assert torch.equal(updetr_group_mask(10, 3), expected)
-
-
-@pytest.mark.parametrize("num_queries", [1, 2, 3, 5, 7, 10, 13, 16, 31, 100])
-def test_updetr_groups_properties(num_queries):
-    for num_groups in range(1, num_queries + 1):
-        groups = contiguous_groups(num_queries, num_groups)
-        sizes = torch.bincount(groups, minlength=num_groups)
-        # every query in exactly one group, every group non-empty, groups cover all queries
-        assert groups.dtype == torch.long and groups.shape == (num_queries,)
-        assert set(groups.tolist()) == set(range(num_groups))
-        assert sizes.sum() == num_queries and (sizes >= 1).all()
-        # consecutive queries, sizes differ by at most one, the larger ones first
-        assert groups[0] == 0 and ((groups.diff() == 0) | (groups.diff() == 1)).all()
-        assert sizes.max() - sizes.min() <= 1
-        assert (sizes.diff() <= 0).all()
-        assert sizes.tolist() == contiguous_group_sizes(num_queries, num_groups)
-
-        m = updetr_group_mask(num_queries, num_groups)
-        same_group = groups[:, None] == groups[None, :]
-        # a row is unblocked exactly on its own group: nothing across groups, all of its own
-        assert torch.equal(~m, same_group)
-        assert _no_full_row(m)
-        assert torch.equal(m, m.T)
-
-
-def test_updetr_expand_patch_features_to_queries():
-    # patch k's feature on group k's queries, consecutive (not strided as with repeat)
-    feats = torch.arange(2 * 3 * 1, dtype=torch.float).view(2, 3, 1)  # [B, M, d]
-    idx = contiguous_groups(7, 3)
-    per_query = feats[:, idx]
-    assert per_query[..., 0].tolist() == [[0, 0, 0, 1, 1, 2, 2], [3, 3, 3, 4, 4, 5, 5]]
-    sizes = torch.tensor(contiguous_group_sizes(7, 3))
-    assert torch.equal(per_query, feats.repeat_interleave(sizes, dim=1))
-
-
-def test_updetr_one_query_per_patch_is_identity_only():
-    m = updetr_group_mask(6, 6)
-    assert torch.equal(m, ~torch.eye(6, dtype=torch.bool))
-    assert _no_full_row(m)
-
-
-@pytest.mark.parametrize("num_queries,num_groups", [(10, 11), (1, 2), (100, 200)])
-def test_updetr_more_patches_than_queries_raises(num_queries, num_groups):
-    with pytest.raises(ValueError, match="more patches") as err:
-        updetr_group_mask(num_queries, num_groups)
-    msg = str(err.value)
-    assert "queries" in msg and str(num_queries) in msg and str(num_groups) in msg
-    with pytest.raises(ValueError, match="more patches"):
-        contiguous_groups(num_queries, num_groups)
-
-
-def test_updetr_rejects_zero_groups():
-    with pytest.raises(ValueError):
-        contiguous_groups(10, 0)
 
 
 # ------------------------------------------------------------------------ DN-DETR
@@ -385,30 +274,6 @@ def _image_inputs(B=2, H=3, W=4, seed=1):
     mask[1, :, -1] = True
     pos = torch.randn(B, D, H, W, generator=g)
     return src, mask, pos
-
-
-@torch.no_grad()
-def test_updetr_mask_isolates_groups_in_the_decoder():
-    model = _tiny_transformer()
-    src, mask, pos = _image_inputs()
-    N, M, B = 10, 3, 2
-    groups = contiguous_groups(N, M)
-    blocked = updetr_group_mask(N, M)
-    query_pos = torch.randn(B, N, D, generator=torch.Generator().manual_seed(2))
-    hs, _ = model(src, mask, query_pos, pos, self_attn_mask=blocked)
-    assert torch.isfinite(hs).all()
-    for k in range(M):
-        in_k = groups == k
-        qp = query_pos.clone()
-        qp[:, in_k] += torch.randn(B, int(in_k.sum()), D)
-        hs2, _ = model(src, mask, qp, pos, self_attn_mask=blocked)
-        assert torch.isfinite(hs2).all()
-        assert torch.equal(hs2[:, :, ~in_k], hs[:, :, ~in_k])  # bit-identical
-        assert not torch.allclose(hs2[:, :, in_k], hs[:, :, in_k], atol=1e-3)
-        # without the mask the change leaks to the other groups
-        ref, _ = model(src, mask, query_pos, pos)
-        ref2, _ = model(src, mask, qp, pos)
-        assert not torch.allclose(ref2[:, :, ~in_k], ref[:, :, ~in_k], atol=1e-3)
 
 
 @torch.no_grad()

@@ -219,6 +219,27 @@ def test_one_patch_updetr_trains_on_mapper_output():
     assert result.image_size == (many["height"], many["width"])
 
 
+def test_one_crop_uses_the_first_group_of_a_model_built_for_more_patches():
+    """A pretraining model (8 queries grouped for 4 patches) given one query crop answers
+    with its first group only, 8 // 4 = 2 queries, as the original with fewer patches;
+    the one-patch model of one-shot training answers with all 8 (one group, no mask)."""
+    torch.manual_seed(0)
+    one = OneShotDatasetMapper(one_shot_cfg(), False)
+    x = next(o for o in map(one, DatasetCatalog.get(VAL)) if o is not None)
+    inputs = {k: x[k] for k in ("image", "patches", "height", "width")}
+    for num_patches, decoded in ((4, 2), (1, 8)):
+        model = build_model(one_shot_cfg(**{"INPUT.QUERY_PATCH.NUM_PATCHES": num_patches})).eval()
+        with torch.no_grad():
+            state = model.run_phases([inputs])
+        assert state.outputs["pred_boxes"].shape == (1, decoded, 4)
+        assert state.queries.meta["query_groups"].tolist() == [0] * decoded
+        mask = state.queries.self_attn_mask
+        assert mask.shape == (decoded, decoded) and not mask.any()  # one group: nothing blocked
+    res = evaluate_one_shot(build_model(one_shot_cfg(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4})),
+                            VAL, ["circle"], 32, 128, 192, max_images=1)
+    assert res["AP50"] and all(0.0 <= v <= 100.0 for v in res["AP50"].values())
+
+
 # ----------------------------------------------------------------------------- evaluation
 class FakeModel(nn.Module):
     """Returns the ground truth of the query class (score 1) plus low-score clutter,

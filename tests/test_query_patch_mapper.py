@@ -1,6 +1,6 @@
 """QueryPatchDatasetMapper: UP-DETR's random query patches (boxes, crops, augmentation,
-seeding, odd images, config)."""
-import colorsys
+seeding, odd images, config). The box sampler alone: test_patch_sampling.py; the patch
+augmentation alone: test_patch_augmentation.py."""
 import math
 
 import cv2
@@ -19,9 +19,7 @@ from updetr_d2.methods.updetr import (
     UPDETR_MAX_SIZE,
     UPDETR_MIN_SIZES,
     QueryPatchDatasetMapper,
-    augment_patches,
     crop_and_resize_patches,
-    sample_patch_boxes,
 )
 
 # ----------------------------------------------------------------------------- helpers
@@ -115,38 +113,10 @@ def test_output_format_and_boxes_inside(tmp_path):
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         ob = original_boxes(out)
         assert (ob[:, 2] - ob[:, 0] >= 8).all() and (ob[:, 3] - ob[:, 1] >= 8).all()
+        # the default sides are the original's U_int[8, side - 8]
+        assert (ob[:, 2] - ob[:, 0] <= 93 - 8).all() and (ob[:, 3] - ob[:, 1] <= 61 - 8).all()
         assert (ob[:, :2] >= 0).all() and (ob[:, 2] <= 93).all() and (ob[:, 3] <= 61).all()
     assert shapes == {(48, 73), (80, 122)}  # both scales of the multi-scale resize
-
-
-def test_sampler_ranges_and_border():
-    """Sides cover [min_side, floor(max_fraction * side)]; positions reach both borders
-    (the official code never touches the right/bottom one)."""
-    rng = np.random.default_rng(0)
-    boxes = np.concatenate([sample_patch_boxes(30, 40, 10, rng, min_side=8, max_fraction=0.5)
-                            for _ in range(2000)])
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    assert boxes.dtype == np.float64 and boxes.shape == (20000, 4)
-    assert set(bw.astype(int)) == set(range(8, 21)) and set(bh.astype(int)) == set(range(8, 16))
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 40).all() and (boxes[:, 3] <= 30).all()
-    assert (boxes[:, 0] == 0).any() and (boxes[:, 2] == 40).any()
-    assert (boxes[:, 1] == 0).any() and (boxes[:, 3] == 30).any()
-    # max_fraction=1: a patch may be the whole image
-    full = np.concatenate([sample_patch_boxes(10, 12, 10, rng, min_side=8) for _ in range(500)])
-    assert ((full == [0, 0, 12, 10]).all(1)).any()
-
-
-@pytest.mark.parametrize("h, w", [(5, 7), (1, 1), (3, 40)])
-def test_sides_below_min_side_span_the_image(h, w):
-    rng = np.random.default_rng(1)
-    boxes = np.concatenate([sample_patch_boxes(h, w, 10, rng, min_side=8) for _ in range(200)])
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    assert (bw >= min(8, w)).all() and (bh >= min(8, h)).all()
-    if w < 8:
-        assert (bw == w).all()
-    if h < 8:
-        assert (bh == h).all()
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
 
 
 # ----------------------------------------------------------------------------- crops
@@ -291,28 +261,6 @@ def test_aspect_range_respected(tmp_path, aspect):
         assert ratios.max() - ratios.min() > 0.5 * (aspect[1] - aspect[0])  # the range is used
 
 
-def test_aspect_sampling_is_uniform_over_allowed_sizes():
-    """Same distribution as rejection sampling: every allowed (w, h) about equally often."""
-    rng = np.random.default_rng(0)
-    boxes = np.concatenate([sample_patch_boxes(6, 6, 100, rng, min_side=1, aspect_range=(0.5, 2.0))
-                            for _ in range(300)])
-    sizes = [(int(w), int(h)) for w, h in zip(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])]
-    allowed = {(w, h) for w in range(1, 7) for h in range(1, 7) if 0.5 <= w / h <= 2}
-    assert set(sizes) == allowed
-    counts = np.array([sizes.count(s) for s in sorted(allowed)])
-    expected = len(sizes) / len(allowed)
-    assert np.abs(counts - expected).max() < 5 * math.sqrt(expected)
-
-
-def test_aspect_range_impossible_falls_back_to_closest():
-    """A 2 px high image cannot hold a square patch of >= 2 px width... except 2x2; with
-    min_side=8 widths are >= 8, so the closest allowed aspect is 8 / 2."""
-    rng = np.random.default_rng(0)
-    boxes = sample_patch_boxes(2, 100, 10, rng, min_side=8, aspect_range=(0.9, 1.1))
-    assert ((boxes[:, 2] - boxes[:, 0]) == 8).all() and ((boxes[:, 3] - boxes[:, 1]) == 2).all()
-    assert (boxes[:, 2] <= 100).all() and (boxes[:, 1] == 0).all()
-
-
 # ----------------------------------------------------------------------------- options
 @pytest.mark.parametrize("option, value", [
     ("num_patches", 0), ("num_patches", 2.5), ("patch_size", 0), ("min_side", 0),
@@ -405,100 +353,3 @@ def test_augmentation_statistics(tmp_path):
     sd = math.sqrt(0.2 * 0.8 / total)
     assert abs(gray / total - 0.2) < 4 * sd, gray / total
     assert 0.08 - 4 * 0.014 < untouched / total < 0.09 + 4 * 0.014, untouched / total
-
-
-def test_augmentation_flags_frequencies():
-    rng = np.random.default_rng(0)
-    patches = np.zeros((4000, 2, 2, 3), np.uint8)
-    _, params = augment_patches(patches, rng, return_params=True)
-    assert abs(params["jitter"].mean() - 0.8) < 0.03
-    assert abs(params["grayscale"].mean() - 0.2) < 0.03
-    assert abs(params["blur"].mean() - 0.5) < 0.03
-    for key, lo, hi in [("brightness", 0.6, 1.4), ("contrast", 0.6, 1.4), ("saturation", 0.6, 1.4),
-                        ("hue", -0.1, 0.1), ("sigma", 0.1, 2.0)]:
-        v = params[key]
-        assert v.min() >= lo and v.max() <= hi and v.max() - v.min() > 0.9 * (hi - lo)
-
-
-def _reference(colour, b, c, s, hue):
-    """Brightness, contrast, saturation, hue of one colour, as floats (torchvision's formulas)."""
-    luma = np.array([0.299, 0.587, 0.114])
-    x = np.clip(np.rint(np.asarray(colour, float) * b), 0, 255)
-    x = np.clip(np.rint(c * x + (1 - c) * luma @ x), 0, 255)  # constant patch: mean gray = its gray
-    x = np.clip(np.rint(s * x + (1 - s) * luma @ x), 0, 255)
-    h, sat, v = colorsys.rgb_to_hsv(*(x / 255))
-    return np.array(colorsys.hsv_to_rgb((h + hue) % 1.0, sat, v)) * 255
-
-
-@pytest.mark.parametrize("order", ["RGB", "BGR"])
-def test_augmentation_matches_reference_on_flat_patches(order):
-    """Flat-colour patches: blur leaves them alone, grayscale gives the luma, the jitter
-    follows the documented formulas (8-bit HSV costs a few levels)."""
-    rng = np.random.default_rng(4)
-    colours = rng.integers(0, 256, (300, 3))
-    rgb_patches = np.broadcast_to(colours[:, None, None, :], (300, 6, 6, 3)).astype(np.uint8)
-    patches = np.ascontiguousarray(rgb_patches if order == "RGB" else rgb_patches[..., ::-1])
-    out, prm = augment_patches(patches.copy(), rng, channel_order=order, return_params=True)
-    if order == "BGR":
-        out = out[..., ::-1]
-    assert (out == out[:, :1, :1]).all()  # still flat
-    out = out[:, 0, 0].astype(np.float64)
-    errors = []
-    for i, colour in enumerate(colours):
-        expected = colour.astype(np.float64)
-        if prm["jitter"][i]:
-            expected = _reference(colour, prm["brightness"][i], prm["contrast"][i],
-                                  prm["saturation"][i], prm["hue"][i])
-        if prm["grayscale"][i]:
-            expected = np.full(3, np.array([0.299, 0.587, 0.114]) @ expected)
-            assert out[i, 0] == out[i, 1] == out[i, 2]
-        error = np.abs(out[i] - expected).max()
-        if prm["jitter"][i]:
-            # The hue turns in 8-bit HSV (as torchvision on PIL images): H has 256 steps per
-            # turn, one step moves a channel by up to 6 levels; conversion and shift rounding
-            # cost up to a step each.
-            assert error <= 13, (i, colour, out[i], expected)
-            errors.append(error)
-        else:
-            assert error <= 0.51, (i, colour, out[i], expected)
-    assert np.mean(errors) < 3, np.mean(errors)
-
-
-def _reference_patch(patch, b, c, s, hue):
-    """The documented jitter on a textured float patch: contrast blends with the patch's
-    mean gray, saturation with each pixel's gray."""
-    luma = np.array([0.299, 0.587, 0.114])
-    x = np.clip(np.rint(patch.astype(np.float64) * b), 0, 255)
-    x = np.clip(np.rint(c * x + (1 - c) * (x @ luma).mean()), 0, 255)
-    x = np.clip(np.rint(s * x + (1 - s) * (x @ luma)[..., None]), 0, 255)
-    out = np.empty_like(x)
-    for idx in np.ndindex(x.shape[:2]):
-        h, sat, v = colorsys.rgb_to_hsv(*(x[idx] / 255))
-        out[idx] = np.array(colorsys.hsv_to_rgb((h + hue) % 1.0, sat, v)) * 255
-    return out
-
-
-def test_augmentation_matches_reference_on_textured_patches():
-    rng = np.random.default_rng(5)
-    patches = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
-    out, prm = augment_patches(patches.copy(), rng, return_params=True)
-    errors = []
-    checked = 0
-    for i in np.flatnonzero(~prm["blur"]):
-        expected = patches[i].astype(np.float64)
-        if prm["jitter"][i]:
-            expected = _reference_patch(patches[i], prm["brightness"][i], prm["contrast"][i],
-                                        prm["saturation"][i], prm["hue"][i])
-        if prm["grayscale"][i]:
-            expected = np.repeat(expected @ np.array([0.299, 0.587, 0.114]), 3).reshape(8, 8, 3)
-        error = np.abs(out[i] - expected)
-        assert error.max() <= (13 if prm["jitter"][i] else 0.51), i
-        errors.append(error.mean())
-        checked += 1
-    assert checked > 20 and np.mean(errors) < 2, np.mean(errors)
-    # Blurred patches are smoother than their unblurred versions.
-    def roughness(p):
-        return np.abs(np.diff(p.astype(int), axis=1)).mean()
-
-    for i in np.flatnonzero(prm["blur"] & (prm["sigma"] > 0.8)):
-        assert roughness(out[i]) < roughness(patches[i])

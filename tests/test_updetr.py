@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.config import run_config_checks
 from updetr_d2.methods.updetr import UPDETR, FeatureReconstruction, PatchQueries, UpDetr
+from updetr_d2.methods.updetr.groups import contiguous_groups, updetr_group_mask
 from updetr_d2.solver import build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,7 @@ def test_reconstruction_can_be_switched_off():
 
 def test_queries_are_grouped_by_patch_in_order():
     """M=2 patches, N=4 queries: query_pos rows are [f0, f0, f1, f1] + query_embed."""
-    gen = PatchQueries(num_queries=4, hidden_dim=3, patch_feature_dim=5, query_dropout=0.0)
+    gen = PatchQueries(num_queries=4, hidden_dim=3, patch_feature_dim=5, num_patches=2, query_dropout=0.0)
     features = torch.randn(1, 2, 5)
     bundle = gen(features)
     projected = gen.patch2query(features)[0]
@@ -81,7 +82,7 @@ def test_queries_are_grouped_by_patch_in_order():
 
 def test_query_dropout_rate_is_per_query_slot():
     torch.manual_seed(0)
-    gen = PatchQueries(num_queries=50, hidden_dim=4, patch_feature_dim=4, query_dropout=0.1).train()
+    gen = PatchQueries(num_queries=50, hidden_dim=4, patch_feature_dim=4, num_patches=5, query_dropout=0.1).train()
     with torch.no_grad():
         gen.query_embed.weight.zero_()
         gen.patch2query.bias.fill_(1.0)
@@ -89,6 +90,66 @@ def test_query_dropout_rate_is_per_query_slot():
     assert abs(dropped - 0.1) < 0.02
     gen.eval()
     assert not (gen(torch.zeros(2, 5, 4)).query_pos == 0).all(-1).any()
+
+
+def test_fewer_patches_keep_the_training_grouping_as_the_original():
+    """A model built for 10 patches on 100 queries, given 3: as the original at test time
+    (models/updetr.py, eval branch), patch k is added to queries 10k..10k+9, only the first
+    3 * 100 // 10 queries are decoded, under the top-left block of the training mask."""
+    gen = PatchQueries(num_queries=100, hidden_dim=8, patch_feature_dim=6, num_patches=10).eval()
+    features = torch.randn(2, 3, 6)
+    bundle = gen(features)
+    per_patch, decoded = 100 // 10, 3 * 100 // 10
+    expected = gen.patch2query(features).repeat_interleave(per_patch, dim=1) + gen.query_embed.weight[:decoded]
+    assert torch.equal(bundle.query_pos, expected)
+    assert bundle.meta["query_groups"].tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    assert torch.equal(bundle.self_attn_mask, updetr_group_mask(100, 10)[:decoded, :decoded])
+    assert not torch.equal(bundle.self_attn_mask, updetr_group_mask(100, 3)[:decoded, :decoded])
+
+
+@pytest.mark.parametrize("num_queries,num_patches", [(100, 10), (10, 3), (8, 8), (20, 4), (7, 1)])
+def test_training_with_the_configured_count_is_bit_identical(num_queries, num_patches):
+    """Given as many patches as it was built for, the queries are exactly the former
+    per-input grouping (all queries split over the given patches), dropout draws included."""
+    gen = PatchQueries(num_queries=num_queries, hidden_dim=8, patch_feature_dim=6,
+                       num_patches=num_patches, query_dropout=0.1).train()
+    features = torch.randn(3, num_patches, 6, requires_grad=True)
+    torch.manual_seed(7)
+    bundle = gen(features)
+    torch.manual_seed(7)
+    groups = contiguous_groups(num_queries, num_patches)
+    keep = torch.rand(3, num_queries, 1) >= 0.1
+    reference = gen.patch2query(features)[:, groups] * keep + gen.query_embed.weight
+    assert torch.equal(bundle.query_pos, reference)
+    assert torch.equal(bundle.self_attn_mask, updetr_group_mask(num_queries, num_patches))
+    assert torch.equal(bundle.meta["query_groups"], groups)
+    weights = torch.randn_like(reference)
+    grads = [torch.autograd.grad((q * weights).sum(), [features, gen.query_embed.weight])
+             for q in (bundle.query_pos, reference)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_model_given_fewer_patches_decodes_only_their_groups():
+    """8 queries in 4 groups of 2: 2 patches -> the 4 queries of groups 0-1, with the
+    predictions they have when all 4 patches are given (the groups cannot see each other)."""
+    torch.manual_seed(0)
+    model = build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4})).eval()
+    assert model.query_generator.num_patches == 4
+    full = patch_input(num_patches=4, seed=3)
+    two = dict(full, patches=full["patches"][:2])
+    with torch.no_grad():
+        state_full, state_two = model.run_phases([full]), model.run_phases([two])
+        result = model([two])[0]["instances"]
+    assert state_two.queries.meta["query_groups"].tolist() == [0, 0, 1, 1]
+    assert state_two.outputs["pred_boxes"].shape == (1, 4, 4)
+    for key in ("pred_boxes", "pred_logits"):
+        torch.testing.assert_close(state_two.outputs[key], state_full.outputs[key][:, :4], rtol=0, atol=1e-5)
+    assert result.pred_classes.tolist() == [0, 0, 1, 1]
+    model.train()  # and it trains on such inputs (boxes for the given patches only)
+    two["instances"] = full["instances"][:2]
+    with EventStorage():
+        losses = model([two])
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_changing_one_patch_changes_only_its_group():
@@ -110,9 +171,21 @@ def test_more_patches_than_queries_is_a_config_error():
     cfg = tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 9, "INPUT.DATASET_MAPPER": "QueryPatchDatasetMapper"})
     with pytest.raises(ValueError, match="NUM_PATCHES=9 .*NUM_OBJECT_QUERIES=8"):
         run_config_checks(cfg)  # what tools/train_net.py runs before building anything
-    model = build_model(tiny()).eval()
+    # the model's groups need it too, whatever the data (one-shot crops here)
+    with pytest.raises(ValueError, match="NUM_PATCHES=9"):
+        run_config_checks(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 9, "INPUT.DATASET_MAPPER": "OneShotDatasetMapper"}))
+    from detectron2.config import LazyConfig
+
+    lazy = LazyConfig.load(PRETRAIN.replace(".yaml", ".py"))
+    run_config_checks(lazy)
+    lazy.model.query_generator.num_patches = 2  # the model's count overridden alone
+    with pytest.raises(ValueError, match="mapper.num_patches=4 is more than the model.query_generator.num_patches=2"):
+        run_config_checks(lazy)
     with pytest.raises(ValueError, match="more patches"):
-        model([patch_input(num_patches=9)])
+        build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 9}))
+    model = build_model(tiny()).eval()
+    with pytest.raises(ValueError, match="more patches than it has groups"):
+        model([patch_input(num_patches=4)])  # built for 3
 
 
 def test_missing_patches_is_a_clear_error():
@@ -215,6 +288,10 @@ def test_demo_pretraining_configs_build_the_same_model():
     assert shapes(from_yaml) == shapes(from_lazy)
     assert from_lazy.criterion.weight_dict == from_yaml.criterion.weight_dict
     assert lazy.dataloader.train.mapper.num_patches == cfg.INPUT.QUERY_PATCH.NUM_PATCHES
+    # the model's query groups come from the one patch count, in both config systems
+    assert from_lazy.query_generator.num_patches == from_yaml.query_generator.num_patches == 4
+    lazy.dataloader.train.mapper.num_patches = 2
+    assert lazy.model.query_generator.num_patches == 2
 
 
 def test_r50_pretraining_configs_agree():
@@ -229,5 +306,6 @@ def test_r50_pretraining_configs_agree():
     assert lazy.model._target_ is UpDetr is UPDETR and cfg.MODEL.META_ARCHITECTURE == "UpDetr"
     assert lazy.model.query_generator.num_queries == cfg.MODEL.DETR.NUM_OBJECT_QUERIES == 100
     assert lazy.dataloader.train.mapper.num_patches == cfg.INPUT.QUERY_PATCH.NUM_PATCHES == 10
+    assert lazy.model.query_generator.num_patches == 10
     assert lazy.model.transformer.normalize_before and cfg.MODEL.DETR.PRE_NORM
     assert lazy.model.freeze_backbone and cfg.MODEL.UPDETR.FREEZE_BACKBONE

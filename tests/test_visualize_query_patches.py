@@ -64,6 +64,8 @@ def test_writes_pngs_with_patch_boxes_and_best_queries(tool, images, tmp_path):
         assert r["offset"] == layout["height"] > 0
         assert vis.shape == (h + layout["height"], w, 3)  # the documented size
         assert len(r["patch_boxes"]) == 3 and len(r["best"]) == 3
+        # the model keeps its training grouping (20 queries for 4 patches): 3 groups of 5
+        assert r["queries_per_patch"] == [20 // 4] * 3
         for box in r["patch_boxes"]:  # original-image pixels
             assert 0 <= box[0] < box[2] <= w + 1e-3 and 0 <= box[1] < box[3] <= h + 1e-3
         assert all(b is not None and 0.0 <= b[1] <= 1.0 for b in r["best"])
@@ -107,3 +109,9 @@ def test_folder_input_and_no_thumbnails(tool, images, tmp_path):
         assert r["offset"] == 0 and vis.shape == cv2.imread(r["file_name"]).shape
     with pytest.raises(FileNotFoundError):
         tool.list_inputs([str(tmp_path / "missing")])
+
+
+def test_more_patches_than_the_model_was_built_for_is_refused(tool, images, tmp_path):
+    with pytest.raises(SystemExit, match="grouped for INPUT.QUERY_PATCH.NUM_PATCHES=4"):
+        tool.main(["--config-file", PRETRAIN, "--input", images[0], "--output", str(tmp_path),
+                   "--num-patches", "5", *TINY])

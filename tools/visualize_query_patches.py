@@ -6,8 +6,11 @@
 
 For each image, ``QueryPatchDatasetMapper`` (test-time resize ``INPUT.MIN_SIZE_TEST``/
 ``MAX_SIZE_TEST``, no patch augmentation, fixed ``--seed``) samples ``--num-patches``
-query patches, and the model (eval mode) looks for them. The PNG written to
-``OUTPUT/<image name>.png`` shows, one colour per patch k:
+query patches, and the model (eval mode) looks for them. The model's queries stay grouped
+for the ``INPUT.QUERY_PATCH.NUM_PATCHES`` patches it was built (and trained) with, so
+``--num-patches`` may be fewer, never more: patch k is looked for by group k, and the
+groups without a patch are not decoded (as the original code at test time). The PNG
+written to ``OUTPUT/<image name>.png`` shows, one colour per patch k:
 
 * the box where patch k was cut: thin dashed outline;
 * the best-scoring query of patch k's group: thick solid outline labelled ``k: score``;
@@ -48,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--num-patches", type=int, default=None,
-                        help="query patches per image (default: INPUT.QUERY_PATCH.NUM_PATCHES)")
+                        help="query patches per image, at most (and by default) INPUT.QUERY_PATCH.NUM_PATCHES")
     parser.add_argument("--seed", type=int, default=0, help="patch sampling seed (per image, as the mapper)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not add the patch crops strip")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -167,25 +170,31 @@ def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails:
         inputs = {k: data[k] for k in ("file_name", "image_id", "height", "width", "image", "patches")}
         instances = model([inputs])[0]["instances"]
     best = best_per_patch(instances, len(patch_boxes))
+    groups = instances.pred_classes.cpu()  # the patch (group) of each decoded query
     patches = data["patches"].permute(0, 2, 3, 1).numpy()
     if mapper.image_format == "BGR":
         patches = patches[..., ::-1]
     image = utils.read_image(file_name, format="RGB")
     vis, offset = draw(image, patch_boxes, best, np.ascontiguousarray(patches), thumbnails)
     return {"file_name": file_name, "image": vis, "offset": offset, "patch_boxes": patch_boxes,
-            "best": best, "height": h, "width": w}
+            "best": best, "queries_per_patch": torch.bincount(groups, minlength=len(patch_boxes)).tolist(),
+            "height": h, "width": w}
 
 
 def main(argv=None) -> List[Dict]:
     """Writes one PNG per input image; returns, per image, ``file_name``, ``output``,
     ``offset`` (strip height: image row y is drawn at y + offset), ``patch_boxes`` and
-    ``best`` (``(box, score)`` per patch), all in original-image pixels."""
+    ``best`` (``(box, score)`` per patch), all in original-image pixels, and
+    ``queries_per_patch`` (the size of each patch's query group)."""
     args = parse_args(argv)
     cfg = setup_cfg(args)
-    num_patches = args.num_patches or cfg.INPUT.QUERY_PATCH.NUM_PATCHES
-    if num_patches > cfg.MODEL.DETR.NUM_OBJECT_QUERIES:
-        raise SystemExit(f"--num-patches {num_patches} is more than the model's "
-                         f"{cfg.MODEL.DETR.NUM_OBJECT_QUERIES} queries")
+    built_for = cfg.INPUT.QUERY_PATCH.NUM_PATCHES
+    num_patches = args.num_patches or built_for
+    if not 1 <= num_patches <= built_for:
+        # The query groups are the model's (INPUT.QUERY_PATCH.NUM_PATCHES): it has none for
+        # an extra patch, and rebuilding it for more would not match its trained weights.
+        raise SystemExit(f"--num-patches {num_patches}: the model's queries are grouped for "
+                         f"INPUT.QUERY_PATCH.NUM_PATCHES={built_for} patches; give 1 to {built_for}")
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         DetrCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)

@@ -11,11 +11,21 @@ mask over the whole layout, [Q, Q] or per image [B, Q, Q]; **True = query i may
 not attend key j**, the convention of
 :func:`updetr_d2.layers.attention.build_attention_mask`.
 :func:`build_self_attn_mask` ORs the rules together and then **always un-blocks
-the diagonal**: every query may attend itself, so no row is ever fully blocked.
-That is the fix for UP-DETR's official group mask, whose loop ran over the queries
-per patch instead of the patches and left whole rows at -inf (NaN softmax) whenever
-``num_patches != queries_per_patch``; the same guard covers Co-DETR's zero-padding
-path, where padded rows were fully blocked.
+the diagonal**: every query may attend itself, so no row is ever fully blocked,
+whatever a rule or a padding does (Co-DETR's zero-padding path, where padded rows were
+fully blocked, relies on it).
+
+UP-DETR's original group mask (``models/updetr.py``) starts all -inf and opens the
+diagonal blocks of ``q = N // M`` queries (N queries, M patches, N divisible by M) in a
+loop over ``range(q)`` instead of ``range(M)``. With ``q >= M`` (e.g. the default
+100 / 10, or 100 queries / 5 patches) the loop reaches every group, and its extra steps
+slice past the end and do nothing, so that mask is right. Only with ``q < M``, i.e.
+``N < M**2`` (e.g. 100 queries / 20 patches), are the groups from ``q`` on never opened:
+their ``N - q**2`` rows stay all -inf and give NaN in softmax (75 rows at 100 / 20;
+at test time its top-left block for ``M' <= q`` patches is still right). The groups it
+does open are the right blocks: the mask never joins two groups.
+The mask built here (``within_groups`` over the patch groups) equals the original's
+wherever the original is right and is right for every patch count.
 
 Rules:
 

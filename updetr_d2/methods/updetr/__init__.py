@@ -5,7 +5,7 @@ reconstruction loss, the query patch and one-shot dataset mappers, one-shot
 evaluation, its config keys and its pretraining -> fine-tuning checkpoint hand-off."""
 from . import checkpoint  # noqa: F401  (registers the hand-off rule)
 from .config import add_updetr_pretraining_config
-from .groups import contiguous_group_sizes, contiguous_groups, updetr_group_mask
+from .groups import contiguous_group_sizes, contiguous_groups, patch_query_groups, updetr_group_mask
 from .losses import FeatureReconstruction
 from .meta_arch import UPDETR, UpDetr
 from .one_shot_eval import evaluate_one_shot, format_one_shot_results
@@ -37,6 +37,7 @@ __all__ = [
     "crop_and_resize_patches",
     "evaluate_one_shot",
     "format_one_shot_results",
+    "patch_query_groups",
     "patch_detection_input",
     "patches_to_tensor",
     "sample_patch_boxes",

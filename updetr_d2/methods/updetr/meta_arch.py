@@ -28,7 +28,11 @@ class UpDetr(Detr):
     ``freeze_backbone`` (the paper's prerequisite) the CNN gets no gradient and keeps
     its normalisation statistics.
 
-    At inference each query gives a box, the probability that it is its patch
+    The queries are grouped for the number of patches the model is built with
+    (``INPUT.QUERY_PATCH.NUM_PATCHES``); an input with fewer patches is decoded with the
+    queries of the first groups only (``PatchQueries``), as the original at test time.
+
+    At inference each decoded query gives a box, the probability that it is its patch
     (``scores``) and, in ``pred_classes``, the index of the patch its group was given.
     """
 
@@ -56,12 +60,7 @@ class UpDetr(Detr):
             extra_weights["loss_feature"] = u.RECONSTRUCTION_WEIGHT
         ret.update(
             num_classes=1,
-            query_generator=PatchQueries(
-                cfg.MODEL.DETR.NUM_OBJECT_QUERIES,
-                cfg.MODEL.DETR.HIDDEN_DIM,
-                ret["backbone"].num_channels[-1],
-                query_dropout=u.QUERY_DROPOUT,
-            ),
+            query_generator=PatchQueries(cfg, patch_feature_dim=ret["backbone"].num_channels[-1]),
             criterion=build_detr_criterion(cfg, num_classes=1, extra_terms=extra_terms, extra_weights=extra_weights),
             freeze_backbone=u.FREEZE_BACKBONE,
             feature_reconstruction=u.FEATURE_RECONSTRUCTION,

@@ -97,10 +97,13 @@ def evaluate_one_shot(
     batch 1, no grad) gets ``image`` (resized with ``ResizeShortestEdge(min_size,
     max_size)``), ``patches`` [1, 3, S, S], ``height``/``width``, ``file_name``,
     ``image_id`` and ``query_class``, and must return ``[{"instances": ...}]`` with
-    ``pred_boxes`` in original-image pixels and ``scores``. All its detections are
-    labelled with the query class; the ground truth is the instances of that class in
-    that image (crowd ones are "ignore" regions). AP50 per class by COCOeval (IoU 0.5, all
-    areas, no detection cap), each class over the pairs it was queried in only.
+    ``pred_boxes`` in original-image pixels and ``scores``. An ``UpDetr`` answers with
+    the queries of its first patch group: all N when built with
+    ``INPUT.QUERY_PATCH.NUM_PATCHES 1``, ``N // M`` when built for M patches. All its
+    detections are labelled with the query class; the ground truth is the instances of
+    that class in that image (crowd ones are "ignore" regions). AP50 per class by
+    COCOeval (IoU 0.5, all areas, no detection cap), each class over the pairs it was
+    queried in only.
 
     ``seen_classes``: names or contiguous ids; ``None``/empty: all classes are seen.
     Returns ``{"AP50": {class_name: %}, "seen_AP50": mean, "unseen_AP50": mean,

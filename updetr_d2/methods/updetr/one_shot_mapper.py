@@ -1,10 +1,12 @@
 """One-shot detection input for UP-DETR (paper, section 6; protocol of CoAE, Hsieh et
 al. 2019): a target image and ONE query patch (a ground-truth crop of some class taken
 from another image); the model finds every object of that class in the target. The model
-is the ``UpDetr`` meta-architecture with ``INPUT.QUERY_PATCH.NUM_PATCHES 1`` (the patch is
-added to all object queries, no group mask) and ``MODEL.UPDETR.FEATURE_RECONSTRUCTION
-False`` (so any number of target boxes goes with the single patch); its class head is
-binary (match / no match).
+is the ``UpDetr`` meta-architecture with ``INPUT.QUERY_PATCH.NUM_PATCHES 1`` (its queries
+form one group, so the patch is added to all of them and nothing is masked) and
+``MODEL.UPDETR.FEATURE_RECONSTRUCTION False`` (so any number of target boxes goes with
+the single patch); its class head is binary (match / no match). A model built for M > 1
+patches (a pretraining checkpoint used as is) given the one crop decodes only its first
+group, ``N // M`` queries for N queries, as the original code does with fewer patches.
 
 :class:`OneShotDatasetMapper` (``INPUT.DATASET_MAPPER "OneShotDatasetMapper"``) turns a
 labelled record into ``image`` + one query ``patches`` + the boxes of the query's class;

@@ -15,12 +15,18 @@ __all__ = ["crop_and_resize_patches", "sample_patch_boxes"]
 def _side_range(size: int, min_side: int, max_fraction: float) -> Tuple[int, int]:
     """Inclusive integer range of a patch side on an image side of ``size`` px.
 
-    ``[min_side, floor(max_fraction * size)]``, shrunk so that it is never empty and never
-    exceeds the image: an image side shorter than ``min_side`` gives a patch side that
-    spans the whole image side (never 0 px).
+    ``[min_side, min(floor(max_fraction * size), size - min_side)]``: with
+    ``max_fraction`` 1 (the default) this is the original's ``[min_pixel, side -
+    min_pixel]`` with ``min_pixel`` 8 (``datasets/selfdet.py``,
+    ``get_random_patch_from_img``), which keeps every patch at least ``min_side`` px
+    short of the image side. The original skips images with a side
+    of 16 px or less, where that range is empty or a single size; here such an image
+    still gets patches: sides in ``[min_side, 2 * min_side)`` give ``min_side`` px
+    patches and sides shorter than ``min_side`` give patches spanning the whole side
+    (never 0 px).
     """
     lo = min(min_side, size)
-    hi = min(size, int(math.floor(max_fraction * size + 1e-9)))
+    hi = min(size - min_side, int(math.floor(max_fraction * size + 1e-9)))
     return lo, max(lo, hi)
 
 
@@ -36,13 +42,15 @@ def sample_patch_boxes(
     """Random patch boxes on a ``height`` x ``width`` image, float64 XYXY pixels ``[M, 4]``.
 
     Box widths and heights are integers in ``[min(min_side, side), max(that,
-    floor(max_fraction * side))]``. Without ``aspect_range`` they are drawn independently
-    and uniformly (the paper draws U_int[8, side - 8]; this is the same with the upper
-    bound set by ``max_fraction``). With ``aspect_range=(lo, hi)`` the pair is drawn
-    uniformly among the pairs with ``lo <= width / height <= hi`` (the distribution that
-    rejection sampling would give, with a single draw); if no pair of allowed sides has
-    such an aspect ratio (an image too small or too elongated), every patch takes the
-    allowed size whose aspect ratio is closest to the range (in log scale).
+    min(floor(max_fraction * side), side - min_side))]`` (:func:`_side_range`). Without
+    ``aspect_range`` they are drawn independently and uniformly: with the defaults
+    (``min_side`` 8, ``max_fraction`` 1) exactly the original's U_int[8, side - 8] per
+    side; a smaller ``max_fraction`` only lowers the upper bound. With
+    ``aspect_range=(lo, hi)`` the pair is drawn uniformly among the pairs with
+    ``lo <= width / height <= hi`` (the distribution that rejection sampling would give,
+    with a single draw); if no pair of allowed sides has such an aspect ratio (an image
+    too small or too elongated), every patch takes the allowed size whose aspect ratio is
+    closest to the range (in log scale).
 
     The top-left corner is uniform over all positions that keep the box inside the image,
     including the ones touching the right/bottom border: a box is ``(x, y, x + w, y + h)``

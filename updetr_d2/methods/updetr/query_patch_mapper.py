@@ -4,7 +4,8 @@ For each dataset record (``file_name`` and optionally ``image_id``/``height``/``
 annotations, if any, are ignored) :class:`QueryPatchDatasetMapper`
 
 1. reads the image (an unreadable file raises ``ValueError`` naming it);
-2. samples ``num_patches`` boxes on the ORIGINAL-resolution image (:func:`sample_patch_boxes`);
+2. samples ``num_patches`` boxes on the ORIGINAL-resolution image (:func:`sample_patch_boxes`;
+   by default sides in U_int[8, side - 8], as the original);
 3. crops each box, resizes it to ``patch_size`` x ``patch_size`` (aspect distorted, as
    the paper) and applies the paper's patch augmentation (:func:`augment_patches`);
 4. resizes the image with ``ResizeShortestEdge`` (no flip, no crop) and moves the boxes
@@ -98,11 +99,17 @@ class QueryPatchDatasetMapper:
         """
         Args:
             is_train: only recorded (the resize sizes come from the config accordingly).
-            num_patches: patches (boxes) per image, M.
+            num_patches: patches (boxes) per image, M; the model's query groups are made
+                for the same count (``INPUT.QUERY_PATCH.NUM_PATCHES`` feeds both).
             patch_size: side of the square patches, in pixels.
-            min_side: smallest patch side, in pixels of the original image (image sides
-                shorter than this give patches spanning that whole side).
+            min_side: smallest patch side, in pixels of the original image; also the least
+                a patch side stays below the image side (image sides shorter than
+                ``2 * min_side`` give ``min_side`` px patches, shorter than ``min_side``
+                patches spanning that whole side).
             max_fraction: largest patch side, as a fraction of the image side, in (0, 1].
+                Sides are drawn from ``[min_side, min(floor(max_fraction * side), side -
+                min_side)]``: the defaults (8, 1.0) give the original's U_int[8, side - 8]
+                (``sample_patch_boxes``).
             aspect_range: ``(lo, hi)`` bounds of the patch aspect ratio width / height;
                 ``None``: width and height independent (the paper).
             patch_augment: apply the paper's patch augmentation (off for tests and
