@@ -1,5 +1,6 @@
 """Encoder pretexts: patch geometry, the MIM / jigsaw corruptions and PretextDatasetMapper
-(output layout, fill colours, RNG isolation from the detection view, seeding)."""
+(output layout, fill colours, RNG isolation from the detection view, seeding, the task
+argument)."""
 import math
 import random
 
@@ -13,7 +14,7 @@ from detectron2.structures import BoxMode
 from updetr_d2.data.mappers import build_dataset_mapper
 from updetr_d2.methods.pretext.corruption import corrupt
 from updetr_d2.methods.pretext.geometry import patch_grid, patchify, unpatchify
-from updetr_d2.methods.pretext.mapper import IMAGENET_CONSTANTS, PretextDatasetMapper
+from updetr_d2.methods.pretext.mapper import IMAGENET_CONSTANTS, PretextDatasetMapper, mim_fill_colour
 
 FILL = (1.5, -2.0, 7.0)
 
@@ -212,8 +213,31 @@ def test_seeded_mapper_repeats_a_records_corruption(tmp_path):
     def sources(mapper, rec):
         return mapper(dict(rec))["pretext"]["source"]
 
-    seeded = PretextDatasetMapper(base, kind="jigsaw", ratio=0.5, patch_size=16, fill=FILL, seed=3)
+    seeded = PretextDatasetMapper(base, task="jigsaw_continuous", ratio=0.5, patch_size=16, fill=FILL, seed=3)
     assert torch.equal(sources(seeded, recs[0]), sources(seeded, recs[0]))
     assert not torch.equal(sources(seeded, recs[0]), sources(seeded, recs[1]))
-    unseeded = PretextDatasetMapper(base, kind="jigsaw", ratio=0.5, patch_size=16, fill=FILL)
+    unseeded = PretextDatasetMapper(base, task="jigsaw_continuous", ratio=0.5, patch_size=16, fill=FILL)
     assert not torch.equal(sources(unseeded, recs[0]), sources(unseeded, recs[0]))
+
+
+@pytest.mark.parametrize("task,kind", [("reconstruction", "none"), ("mim_continuous", "mim"), ("mim_discrete", "mim"),
+                                       ("jigsaw_continuous", "jigsaw"), ("jigsaw_discrete", "jigsaw")])
+def test_mapper_takes_the_task_and_derives_the_corruption(task, kind):
+    mapper = PretextDatasetMapper(lambda r: r, task=task, ratio=0.5, patch_size=16, fill=FILL)
+    assert mapper.task == task and mapper.kind == kind and task in repr(mapper)
+
+
+def test_unknown_task_names_it_and_the_choices():
+    with pytest.raises(ValueError, match=r"'mim'.*jigsaw_discrete.*mim_continuous.*reconstruction"):
+        PretextDatasetMapper(lambda r: r, task="mim", ratio=0.5, patch_size=16, fill=FILL)
+
+
+def test_fill_colour_helper_matches_the_yaml_route():
+    cfg = pretext_cfg("mim_continuous", MIM_FILL="imagenet_constants")
+    args = (cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, cfg.INPUT.FORMAT)
+    assert mim_fill_colour("imagenet_constants", *args) == PretextDatasetMapper(cfg, is_train=False).fill
+    assert mim_fill_colour("mean", *args) == tuple(cfg.MODEL.PIXEL_MEAN)
+    with pytest.raises(ValueError, match="'grey'.*MIM_FILL"):
+        mim_fill_colour("grey", *args)
+    with pytest.raises(ValueError, match="RGB or BGR"):
+        mim_fill_colour("imagenet_constants", cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, "YUV-BT.601")

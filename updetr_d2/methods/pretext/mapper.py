@@ -17,7 +17,10 @@ from numpy's global RNG, python's ``random`` or torch's global generator, which 
 mapper's augmentation uses. So the detection view is the same as with the base mapper
 alone, and training with the pretext at weight 0 equals training without it.
 
-Registered in ``updetr_d2.data.mappers.MAPPER_REGISTRY`` on import of this module.
+Registered in ``updetr_d2.data.mappers.MAPPER_REGISTRY`` on import of this module. The
+mapper takes the pretext's task name, not the corruption, so that a LazyConfig can tie it to
+the plug-in's with one interpolation (``task="${model.plugins.0.task}"``, see
+``configs/common/models/encoder_pretext.py``).
 """
 import numbers
 import os
@@ -30,10 +33,10 @@ from detectron2.config import configurable
 
 from ...data.mappers import MAPPER_REGISTRY
 from .config import TASKS
-from .corruption import CORRUPTIONS, corrupt
+from .corruption import corrupt
 from .geometry import crop_to_patches
 
-__all__ = ["IMAGENET_CONSTANTS", "PretextDatasetMapper", "mim_fill"]
+__all__ = ["IMAGENET_CONSTANTS", "PretextDatasetMapper", "mim_fill", "mim_fill_colour"]
 
 # The original's MIM fill, R, G, B, written into the ImageNet-normalised image.
 IMAGENET_CONSTANTS = (0.485, 0.456, 0.406)
@@ -43,28 +46,36 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def mim_fill(cfg) -> Sequence[float]:
-    """The MIM fill colour in input pixel units (0-255, ``INPUT.FORMAT`` channel order).
+def mim_fill_colour(mode: str, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                    image_format: str = "RGB") -> Sequence[float]:
+    """The MIM fill colour in input pixel units (0-255, ``image_format`` channel order).
 
-    The model normalises with ``(x - PIXEL_MEAN) / PIXEL_STD``, so "mean" becomes exactly
+    The model normalises with ``(x - pixel_mean) / pixel_std``, so "mean" becomes exactly
     0, and "imagenet_constants" (``mean + c * std``) becomes the original's constants ``c``.
+    A LazyConfig calls it with the model's ``pixel_mean`` / ``pixel_std`` interpolated, so
+    the fill follows a later change of the normalisation.
     """
-    mean = [float(v) for v in cfg.MODEL.PIXEL_MEAN]
-    if cfg.MODEL.PRETEXT.MIM_FILL == "mean":
+    mean = [float(v) for v in pixel_mean]
+    if mode == "mean":
         return tuple(mean)
-    if cfg.MODEL.PRETEXT.MIM_FILL != "imagenet_constants":
-        raise ValueError(f"MODEL.PRETEXT.MIM_FILL={cfg.MODEL.PRETEXT.MIM_FILL!r}; choose 'mean' or "
-                         "'imagenet_constants'")
-    fmt = cfg.INPUT.FORMAT
-    if fmt not in ("RGB", "BGR"):
-        raise ValueError(f"MODEL.PRETEXT.MIM_FILL='imagenet_constants' is defined for RGB or BGR images, "
-                         f"got INPUT.FORMAT={fmt!r}")
-    std = [float(v) for v in cfg.MODEL.PIXEL_STD]
-    # PIXEL_MEAN/STD are in the images' channel order, the constants in R, G, B.
-    consts = IMAGENET_CONSTANTS if fmt == "RGB" else IMAGENET_CONSTANTS[::-1]
+    if mode != "imagenet_constants":
+        raise ValueError(f"MIM fill {mode!r} (MODEL.PRETEXT.MIM_FILL); choose 'mean' or 'imagenet_constants'")
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"the MIM fill 'imagenet_constants' is defined for RGB or BGR images, got image format "
+                         f"{image_format!r} (INPUT.FORMAT)")
+    std = [float(v) for v in pixel_std]
+    # pixel_mean/std are in the images' channel order, the constants in R, G, B.
+    consts = IMAGENET_CONSTANTS if image_format == "RGB" else IMAGENET_CONSTANTS[::-1]
     if not len(mean) == len(std) == 3:
-        raise ValueError(f"MODEL.PIXEL_MEAN/PIXEL_STD need 3 values for {fmt} images, got {mean} / {std}")
+        raise ValueError(f"the pixel mean / std (MODEL.PIXEL_MEAN/PIXEL_STD) need 3 values for {image_format} "
+                         f"images, got {mean} / {std}")
     return tuple(m + c * s for m, c, s in zip(mean, consts, std))
+
+
+def mim_fill(cfg) -> Sequence[float]:
+    """:func:`mim_fill_colour` of a yaml config (``MODEL.PRETEXT.MIM_FILL``,
+    ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, ``INPUT.FORMAT``)."""
+    return mim_fill_colour(cfg.MODEL.PRETEXT.MIM_FILL, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, cfg.INPUT.FORMAT)
 
 
 @MAPPER_REGISTRY.register()
@@ -76,7 +87,9 @@ class PretextDatasetMapper:
     bool ``[h, w]``, with ``(h, w)`` the whole-patch grid of the detection image.
 
     From a yaml config: ``MODEL.PRETEXT.{BASE_MAPPER, TASK, RATIO, PATCH_SIZE, MIM_FILL}``,
-    ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` and ``INPUT.FORMAT`` (for the fill).
+    ``MODEL.PIXEL_MEAN``/``PIXEL_STD`` and ``INPUT.FORMAT`` (for the fill). From a
+    LazyConfig: ``add_encoder_pretext`` (``configs/common/models/encoder_pretext.py``)
+    wraps the train loader's mapper, its task and patch size interpolated from the plug-in.
     """
 
     @configurable
@@ -84,7 +97,7 @@ class PretextDatasetMapper:
         self,
         base_mapper: Callable,
         *,
-        kind: str,
+        task: str,
         ratio: float,
         patch_size: int,
         fill: Sequence[float],
@@ -94,7 +107,8 @@ class PretextDatasetMapper:
         Args:
             base_mapper: makes the detection sample (``dict`` with a uint8 CHW ``"image"``)
                 from a record, or ``None`` to skip it.
-            kind: the corruption, one of :data:`.corruption.CORRUPTIONS`.
+            task: the pretext, one of :data:`.config.TASKS`; its corruption is
+                ``TASKS[task][0]`` (``self.kind``).
             ratio: fraction of the patches masked or shuffled, in [0, 1].
             patch_size: side ``P`` of the patches in pixels, the stride (or a multiple of
                 the strides) of the encoder levels the pretext head reads.
@@ -103,8 +117,8 @@ class PretextDatasetMapper:
                 ``torch.initial_seed()`` (different in every data-loader worker); an int >=
                 0: each record always gets the same corruption (by its ``file_name``).
         """
-        if kind not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {kind!r}; choose one of {CORRUPTIONS}")
+        if task not in TASKS:
+            raise ValueError(f"unknown pretext task {task!r}; choose one of {sorted(TASKS)}")
         if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
         if not _is_int(patch_size) or patch_size < 1:
@@ -112,7 +126,8 @@ class PretextDatasetMapper:
         if seed is not None and (not _is_int(seed) or seed < 0):
             raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
         self.base_mapper = base_mapper
-        self.kind = kind
+        self.task = task
+        self.kind = TASKS[task][0]
         self.ratio = float(ratio)
         self.patch_size = int(patch_size)
         self.fill = tuple(float(v) for v in fill)
@@ -134,7 +149,7 @@ class PretextDatasetMapper:
             raise ValueError(f"MODEL.PRETEXT.TASK={p.TASK!r}; choose one of {sorted(TASKS)}")
         return {
             "base_mapper": base_cls(cfg, is_train),
-            "kind": TASKS[p.TASK][0],
+            "task": p.TASK,
             "ratio": p.RATIO,
             "patch_size": p.PATCH_SIZE,
             "fill": mim_fill(cfg),
@@ -142,7 +157,7 @@ class PretextDatasetMapper:
         }
 
     def __repr__(self):
-        return (f"{type(self).__name__}(base_mapper={self.base_mapper}, kind={self.kind!r}, ratio={self.ratio}, "
+        return (f"{type(self).__name__}(base_mapper={self.base_mapper}, task={self.task!r}, ratio={self.ratio}, "
                 f"patch_size={self.patch_size}, fill={self.fill}, seed={self.seed})")
 
     def rng(self, dataset_dict: Dict) -> np.random.Generator:
