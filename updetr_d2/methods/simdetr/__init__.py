@@ -14,6 +14,9 @@ D. :mod:`.relabel` / :mod:`.self_training`: rounds in which the detector relabel
    images and training continues on its own predictions;
 E. :mod:`.checkpoint`: fine-tuning loads everything but the class head.
 
+:mod:`.pretext_metrics` checks that the pretext was learned: the detector's AP against
+held-out pseudo-labels (held-out proposals assigned to the stage-B centroids).
+
 Only the paper's first page is public: every procedure and default past it is the
 project's proposal, exposed in ``SIMDETR.*``.
 """
@@ -22,6 +25,7 @@ from .clustering import ClusteringParams, cluster_size_warning, pseudo_label_coc
 from .config import add_simdetr_config, clustering_params, proposal_params, self_training_params
 from .extractor import FeatureExtractor
 from .proposal_shards import ProposalSet, extract_proposals, load_proposals, write_class_agnostic_json
+from .pretext_metrics import assign_to_centroids, held_out_pseudo_labels, pseudo_label_ap
 from .proposals import ProposalParams, RegionProposals, region_proposals
 from .pseudo_labels import cluster_proposals
 from .relabel import SelfTrainingParams, per_query_scores, select_targets
@@ -40,13 +44,16 @@ __all__ = [
     "SelfTrainingHook",
     "SelfTrainingParams",
     "add_simdetr_config",
+    "assign_to_centroids",
     "cluster_proposals",
     "cluster_size_warning",
     "clustering_params",
     "extract_proposals",
+    "held_out_pseudo_labels",
     "load_proposals",
     "per_query_scores",
     "proposal_params",
+    "pseudo_label_ap",
     "pseudo_label_coco",
     "region_proposals",
     "relabel",

@@ -2,7 +2,8 @@
 patch detection. Everything only UP-DETR needs lives here: the meta-architecture
 (``UpDetr``), its patch-conditioned queries and query groups, the feature
 reconstruction loss, the query patch and one-shot dataset mappers, one-shot
-evaluation, its config keys and its pretraining -> fine-tuning checkpoint hand-off."""
+evaluation, the pretext's held-out metrics, its config keys and its pretraining ->
+fine-tuning checkpoint hand-off."""
 from . import checkpoint  # noqa: F401  (registers the hand-off rule)
 from .config import add_updetr_pretraining_config
 from .groups import contiguous_group_sizes, contiguous_groups, patch_query_groups, updetr_group_mask
@@ -12,6 +13,7 @@ from .one_shot_eval import evaluate_one_shot, format_one_shot_results
 from .one_shot_mapper import OneShotDatasetMapper
 from .patch_augmentation import augment_patches
 from .patch_sampling import crop_and_resize_patches, sample_patch_boxes
+from .pretext_metrics import feature_reconstruction_loss, held_out_patch_metrics, patch_localisation_ap, split_by_group
 from .queries import PatchQueries
 from .query_patch_mapper import (
     UPDETR_MAX_SIZE,
@@ -36,10 +38,14 @@ __all__ = [
     "contiguous_groups",
     "crop_and_resize_patches",
     "evaluate_one_shot",
+    "feature_reconstruction_loss",
     "format_one_shot_results",
+    "held_out_patch_metrics",
+    "patch_localisation_ap",
     "patch_query_groups",
     "patch_detection_input",
     "patches_to_tensor",
     "sample_patch_boxes",
+    "split_by_group",
     "updetr_group_mask",
 ]
