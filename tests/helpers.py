@@ -27,3 +27,27 @@ def dn_group_mask(num_dn_groups, group_size, num_matching):
         blocked[s, :dn] = True
         blocked[s, s] = False
     return blocked
+
+
+# A two-layer transformer and image-like encoder inputs for attention-mask tests.
+TINY_D, TINY_NHEAD = 16, 2
+
+
+def tiny_transformer():
+    from updetr_d2.layers.transformer import Transformer
+
+    torch.manual_seed(0)
+    return Transformer(
+        d_model=TINY_D, nhead=TINY_NHEAD, num_encoder_layers=1, num_decoder_layers=2,
+        dim_feedforward=32, dropout=0.0,
+    ).eval()
+
+
+def tiny_image_inputs(B=2, H=3, W=4, seed=1):
+    """(src, mask, pos) of a batch of two, the second with a padded column."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randn(B, TINY_D, H, W, generator=g)
+    mask = torch.zeros(B, H, W, dtype=torch.bool)
+    mask[1, :, -1] = True
+    pos = torch.randn(B, TINY_D, H, W, generator=g)
+    return src, mask, pos

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import updetr_d2  # noqa: F401
-from updetr_d2.layers.transformer import Transformer
 from updetr_d2.modeling.attention_masks import (
     QueryLayout,
     Segment,
@@ -16,7 +15,7 @@ from updetr_d2.modeling.attention_masks import (
     within_groups,
 )
 
-from helpers import dn_group_mask
+from helpers import TINY_D, TINY_NHEAD, dn_group_mask, tiny_image_inputs, tiny_transformer
 
 
 def separate_segments(*names):
@@ -256,30 +255,13 @@ def test_codetr_properties():
 
 # ------------------------------------------------------------------------ with the transformer
 
-D, NHEAD = 16, 2
-
-
-def _tiny_transformer():
-    torch.manual_seed(0)
-    return Transformer(
-        d_model=D, nhead=NHEAD, num_encoder_layers=1, num_decoder_layers=2,
-        dim_feedforward=32, dropout=0.0,
-    ).eval()
-
-
-def _image_inputs(B=2, H=3, W=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randn(B, D, H, W, generator=g)
-    mask = torch.zeros(B, H, W, dtype=torch.bool)
-    mask[1, :, -1] = True
-    pos = torch.randn(B, D, H, W, generator=g)
-    return src, mask, pos
+D, NHEAD = TINY_D, TINY_NHEAD
 
 
 @torch.no_grad()
 def test_dn_mask_hides_dn_queries_from_matching_queries():
-    model = _tiny_transformer()
-    src, mask, pos = _image_inputs()
+    model = tiny_transformer()
+    src, mask, pos = tiny_image_inputs()
     G, S, N, B = 2, 2, 3, 2
     blocked = _dn_mask(G, S, N)
     query_pos = torch.randn(B, G * S + N, D, generator=torch.Generator().manual_seed(3))
@@ -297,8 +279,8 @@ def test_dn_mask_hides_dn_queries_from_matching_queries():
 
 @torch.no_grad()
 def test_codetr_per_image_mask_in_the_decoder():
-    model = _tiny_transformer()
-    src, mask, pos = _image_inputs()
+    model = tiny_transformer()
+    src, mask, pos = tiny_image_inputs()
     layout = _codetr_layout()
     blocked = expand_to_heads(build_self_attn_mask(layout, CODETR_RULES), NHEAD)
     assert blocked.shape == (2 * NHEAD, 6, 6)

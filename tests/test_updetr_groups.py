@@ -5,13 +5,14 @@ import pytest
 import torch
 
 import updetr_d2  # noqa: F401
-from updetr_d2.layers.transformer import Transformer
 from updetr_d2.methods.updetr.groups import (
     contiguous_group_sizes,
     contiguous_groups,
     patch_query_groups,
     updetr_group_mask,
 )
+
+from helpers import TINY_D, TINY_NHEAD, tiny_image_inputs, tiny_transformer
 
 
 def _golden(*rows):
@@ -205,30 +206,13 @@ def test_patch_query_groups_refuse_counts_outside_the_groups(given):
 
 
 # ------------------------------------------------------------------------ in the transformer
-D, NHEAD = 16, 2
-
-
-def _tiny_transformer():
-    torch.manual_seed(0)
-    return Transformer(
-        d_model=D, nhead=NHEAD, num_encoder_layers=1, num_decoder_layers=2,
-        dim_feedforward=32, dropout=0.0,
-    ).eval()
-
-
-def _image_inputs(B=2, H=3, W=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randn(B, D, H, W, generator=g)
-    mask = torch.zeros(B, H, W, dtype=torch.bool)
-    mask[1, :, -1] = True
-    pos = torch.randn(B, D, H, W, generator=g)
-    return src, mask, pos
+D, NHEAD = TINY_D, TINY_NHEAD
 
 
 @torch.no_grad()
 def test_updetr_mask_isolates_groups_in_the_decoder():
-    model = _tiny_transformer()
-    src, mask, pos = _image_inputs()
+    model = tiny_transformer()
+    src, mask, pos = tiny_image_inputs()
     N, M, B = 10, 3, 2
     groups = contiguous_groups(N, M)
     blocked = updetr_group_mask(N, M)
