@@ -22,13 +22,12 @@ results.json.
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, copypaste_ap, sh, train_net
+
 PRETEXT = os.path.join(ROOT, "projects", "EncoderPretext", "configs")
 TASKS = ("reconstruction", "mim_continuous", "mim_discrete", "jigsaw_continuous", "jigsaw_discrete")
 DETECTORS = {
@@ -38,25 +37,10 @@ DETECTORS = {
 }
 
 
-def sh(cmd, log_path):
-    print("+", " ".join(cmd), flush=True)
-    with open(log_path, "a") as log:
-        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-
-
 def train(config, opts, out_dir):
-    """A train_net run in ``out_dir`` (resumed; skipped when its model_final.pth exists)."""
-    if not os.path.exists(os.path.join(out_dir, "model_final.pth")):
-        os.makedirs(out_dir, exist_ok=True)
-        sh([sys.executable, "tools/train_net.py", "--config-file", config, "--resume", *opts, "OUTPUT_DIR", out_dir],
-           os.path.join(out_dir, "run.log"))
-    return ap_metrics(os.path.join(out_dir, "run.log")), seconds_per_iter(os.path.join(out_dir, "metrics.json"))
-
-
-def ap_metrics(log_path):
-    with open(log_path) as f:
-        rows = re.findall(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)", f.read())
-    return dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[-1].split(",")))) if rows else {}
+    """A train_net run (skipped once finished): (its last COCO AP, its seconds per iteration)."""
+    train_net(config, opts, out_dir)
+    return copypaste_ap(os.path.join(out_dir, "run.log")), seconds_per_iter(os.path.join(out_dir, "metrics.json"))
 
 
 def seconds_per_iter(metrics_path):

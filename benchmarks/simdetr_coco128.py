@@ -21,36 +21,18 @@ benchmark resumes. Prints a table of COCO AP / AP50 / AP75 and writes results.js
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, copypaste_ap, sh, train_net
+
 SIMDETR = os.path.join(ROOT, "projects", "SimDETR", "configs")
 
 
-def sh(cmd, log_path):
-    print("+", " ".join(cmd), flush=True)
-    with open(log_path, "a") as log:
-        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-
-
-def train(config, opts, out_dir, resume=True):
-    """A train_net run in ``out_dir`` (skipped when its model_final.pth exists)."""
-    if not os.path.exists(os.path.join(out_dir, "model_final.pth")):
-        os.makedirs(out_dir, exist_ok=True)
-        cmd = [sys.executable, "tools/train_net.py", "--config-file", config, *(["--resume"] if resume else []),
-               *opts, "OUTPUT_DIR", out_dir]
-        sh(cmd, os.path.join(out_dir, "run.log"))
-    return metrics(os.path.join(out_dir, "run.log"))
-
-
-def metrics(log_path):
-    with open(log_path) as f:
-        rows = re.findall(r"copypaste: AP,AP50,AP75,APs,APm,APl\n.*copypaste: (\S+)", f.read())
-    return dict(zip(["AP", "AP50", "AP75", "APs", "APm", "APl"], map(float, rows[-1].split(",")))) if rows else {}
+def train(config, opts, out_dir):
+    """A train_net run in ``out_dir`` (skipped once finished): its last COCO AP."""
+    return copypaste_ap(os.path.join(train_net(config, opts, out_dir), "run.log"))
 
 
 def main():

@@ -5,8 +5,6 @@ present) pair gets one seeded query crop from another image (``OneShotDatasetMap
 AP50 per class with pycocotools, restricted to the queried pairs, averaged over seen and
 unseen classes. :func:`format_one_shot_results` prints them as a table.
 """
-import contextlib
-import io
 import logging
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -16,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
+from .pair_eval import box_annotation, pair_precision
 from .one_shot_mapper import OneShotDatasetMapper, resolve_classes, valid_annotations
 from .seeding import file_key
 
@@ -33,46 +32,18 @@ def _coco_ap50(pairs: List[Dict], detections: List[Dict], class_ids: List[int]) 
 
     Each pair is its own COCO "image" holding only the ground truth of its class, so a
     class is evaluated exactly on the images it was queried on."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     categories = [{"id": c + 1, "name": str(c)} for c in class_ids]
     images = [{"id": p["id"], "height": p["height"], "width": p["width"]} for p in pairs]
     gt_anns = []
     for p in pairs:
         for box, crowd in zip(p["boxes"], p["iscrowd"]):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": p["id"], "category_id": p["class"] + 1,
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                            "iscrowd": int(crowd)})
-    dt_anns = []
-    for d in detections:
-        x0, y0, x1, y1 = (float(v) for v in d["box"])
-        dt_anns.append({"id": len(dt_anns) + 1, "image_id": d["image_id"], "category_id": d["class"] + 1,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                        "score": float(d["score"]), "iscrowd": 0})
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt, dt = COCO(), COCO()
-        gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
-        dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}
-        gt.createIndex()
-        dt.createIndex()
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.params.imgIds = [p["id"] for p in pairs]
-        ev.params.catIds = [c + 1 for c in class_ids]
-        ev.params.iouThrs = np.array([0.5])
-        per_image = {}
-        for d in detections:
-            per_image[d["image_id"]] = per_image.get(d["image_id"], 0) + 1
-        ev.params.maxDets = [max([1] + list(per_image.values()))]
-        ev.params.areaRng = [[0.0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
-    precision = ev.eval["precision"]  # [T=1, R, K, A=1, M=1]
+            gt_anns.append(box_annotation(len(gt_anns) + 1, p["id"], p["class"] + 1, box, iscrowd=int(crowd)))
+    dt_anns = [box_annotation(i + 1, d["image_id"], d["class"] + 1, d["box"], score=float(d["score"]))
+               for i, d in enumerate(detections)]
+    precision = pair_precision(images, gt_anns, dt_anns, categories, iou_thresholds=[0.5])  # [T=1, R, K]
     result = {}
     for k, c in enumerate(class_ids):
-        p = precision[0, :, k, 0, -1]
+        p = precision[0, :, k]
         p = p[p > -1]
         result[c] = float(p.mean() * 100) if p.size else 0.0
     return result
