@@ -96,6 +96,9 @@ class EncoderPretext(DetectorPlugin):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.heads = nn.ModuleList(head_cls(self.target, hidden_dim, s, num_codes) for s in strides)
+        if weight == 0:
+            # Measured, not trained: no parameter for the optimiser, none unused under DDP.
+            self.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):
