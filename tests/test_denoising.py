@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes before detectron2 submodules)
-from updetr_d2.layers.transformer import Transformer
 from updetr_d2.methods.dn import groups as dn_groups_module
 from updetr_d2.methods.dn import noise as dn_noise_module
 from updetr_d2.methods.dn import queries as dn_queries_module
@@ -16,7 +15,7 @@ from updetr_d2.modeling.criterion import BoxL1GIoU, LabelFocal, SetCriterion
 from updetr_d2.modeling.matcher import HungarianMatcher
 from updetr_d2.modeling.queries import AnchorQueries, QueryBundle
 
-from helpers import dn_group_mask
+from helpers import dn_group_mask, tiny_image_inputs, tiny_transformer
 
 C, D, NHEAD, N = 4, 16, 2, 3
 WEIGHTS = {"loss_focal": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -456,27 +455,12 @@ def test_batch_without_ground_truth():
 # ------------------------------------------------------------------------ leakage
 
 
-def _tiny_transformer():
-    torch.manual_seed(0)
-    return Transformer(
-        d_model=D, nhead=NHEAD, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=32, dropout=0.0
-    ).eval()
-
-
-def _image_inputs(B=2, H=3, W=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randn(B, D, H, W, generator=g)
-    mask = torch.zeros(B, H, W, dtype=torch.bool)
-    mask[1, :, -1] = True
-    return src, mask, torch.randn(B, D, H, W, generator=g)
-
-
 @pytest.mark.parametrize("mask_padding", [True, False])
 @torch.no_grad()
 def test_no_leakage_into_the_matching_queries(mask_padding):
     # dn_detr.md tests 2 and 3, with DETR's transformer (dropout 0)
-    transformer = _tiny_transformer()
-    src, mask, pos = _image_inputs()
+    transformer = tiny_transformer()
+    src, mask, pos = tiny_image_inputs()
     model = _dn(num_groups=3, mask_padding=mask_padding)
     bundle = model(2, targets=_targets([1, 3]))
     groups = bundle.meta["dn"]
