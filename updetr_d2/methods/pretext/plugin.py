@@ -32,7 +32,7 @@ from ...modeling.plugins import PLUGIN_REGISTRY, DetectorPlugin
 from .config import TASKS
 from .geometry import expand_grid, patchify
 from .heads import PRETEXT_HEAD_REGISTRY
-from .tokenizer import TOKENIZER_REGISTRY
+from .tokenizer import TOKENIZER_REGISTRY, image_patches
 
 __all__ = ["EncoderPretext", "loss_mask"]
 
@@ -174,23 +174,27 @@ class EncoderPretext(DetectorPlugin):
 
     def pretext_loss(self, model: nn.Module, inputs: List[Dict], outputs: List[Tensor], map_shapes) -> Tensor:
         """The loss averaged over the selected tokens of the batch, per level, then over
-        the levels."""
-        level_losses = []
-        for head, out, stride, (H, W) in zip(self.heads, outputs, self.strides, map_shapes):
-            per_token = []
-            for b, x in enumerate(inputs):
-                view = x["pretext"]
-                hp, wp = view["source"].shape
+        the levels. Each image's targets and mask are made once, on its patch grid, and
+        spread over every level's tokens."""
+        device = outputs[0].device
+        per_level: List[List[Tensor]] = [[] for _ in self.heads]
+        for b, x in enumerate(inputs):
+            view = x["pretext"]
+            grid = tuple(view["source"].shape)
+            mask = self._patch_mask(view, device)
+            target = self._patch_targets(model, x, grid, device)
+            for parts, head, out, stride, (H, W) in zip(per_level, self.heads, outputs, self.strides, map_shapes):
                 f = self.patch_size // stride
-                h, w = hp * f, wp * f
+                h, w = grid[0] * f, grid[1] * f
                 if h > H or w > W:
-                    raise ValueError(f"a {hp}x{wp}-patch view needs {h}x{w} tokens at stride {stride}; the "
-                                     f"encoder level has {H}x{W}")
+                    raise ValueError(f"a {grid[0]}x{grid[1]}-patch view needs {h}x{w} tokens at stride {stride}; "
+                                     f"the encoder level has {H}x{W}")
                 pred = out[b].view(H, W, -1)[:h, :w].reshape(h * w, -1).float()
-                mask = expand_grid(self._patch_mask(view, pred.device), f).reshape(-1)
-                target = self._targets(model, x, head, stride, (hp, wp), pred.device)
-                per_token.append(self._token_losses(head, pred, target, (hp, wp))[mask])
-            selected = torch.cat(per_token)
+                level_target = patchify(target, stride) if self.target == "pixels" else expand_grid(target, f).reshape(-1)
+                parts.append(self._token_losses(head, pred, level_target, grid)[expand_grid(mask, f).reshape(-1)])
+        level_losses = []
+        for out, parts in zip(outputs, per_level):
+            selected = torch.cat(parts)
             level_losses.append(selected.mean() if selected.numel() else out.sum() * 0.0)
         return torch.stack(level_losses).mean()
 
@@ -198,25 +202,19 @@ class EncoderPretext(DetectorPlugin):
         return loss_mask(self.kind, view["source"].to(device), view["transformed"].to(device),
                          self.loss_on_transformed, self.compat_jigsaw_mask_bug)
 
-    def _clean_patches(self, model, x: Dict, grid, device) -> Tensor:
-        """The clean image cut to the view's whole patches, normalised: [C, hp*P, wp*P]."""
+    def _patch_targets(self, model, x: Dict, grid, device) -> Tensor:
+        """What one image's tokens predict: its clean pixels cut to the view's whole
+        patches and normalised ([C, hp*P, wp*P], pixel targets), or per patch [hp, wp] the
+        tokenizer's code (codes) or the source position (jigsaw positions)."""
+        if self.target == "positions":
+            return x["pretext"]["source"].to(device)
         hp, wp = grid
         P = self.patch_size
         image = x["image"].to(device)[:, : hp * P, : wp * P].float()
-        return (image - model.pixel_mean) / model.pixel_std
-
-    def _targets(self, model, x: Dict, head, stride: int, grid, device) -> Tensor:
-        hp, wp = grid
-        f = self.patch_size // stride
+        clean = (image - model.pixel_mean) / model.pixel_std
         if self.target == "pixels":
-            return patchify(self._clean_patches(model, x, grid, device), stride)
-        if self.target == "positions":
-            return expand_grid(x["pretext"]["source"].to(device), f).reshape(-1)
-        P = self.patch_size
-        patches = patchify(self._clean_patches(model, x, grid, device), P)  # [hp*wp, P*P*C] as (row, col, chan)
-        patches = patches.view(-1, P, P, patches.shape[-1] // (P * P)).permute(0, 3, 1, 2)
-        codes = self.tokenizer(patches).view(hp, wp)
-        return expand_grid(codes, f).reshape(-1)
+            return clean
+        return self.tokenizer(image_patches(clean, P)).view(hp, wp)
 
     def _token_losses(self, head, pred: Tensor, target: Tensor, grid) -> Tensor:
         """Per-token loss [n]: mean L1 over the block's values, or cross-entropy."""
