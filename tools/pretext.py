@@ -22,25 +22,15 @@ import numpy as np
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.utils.logger import setup_logger
 
 from updetr_d2.config import load_yaml_config
-from updetr_d2.engine.launch import register_image_folders
+from updetr_d2.engine.launch import dataset_records
 from updetr_d2.methods.pretext.tokenizer import build_codebook, save_codebook
 
 logger = logging.getLogger("updetr_d2")
-
-
-def _records(names):
-    register_image_folders(names)
-    records = []
-    for name in names:
-        if name not in DatasetCatalog.list():
-            raise SystemExit(f"error: dataset {name!r} is neither a registered dataset nor a folder")
-        records.extend(DatasetCatalog.get(name))
-    return records
 
 
 def _normalised_images(loader, pixel_mean, pixel_std, total, log_every=100):
@@ -63,7 +53,7 @@ def cmd_codebook(args) -> int:
     names = list(args.dataset or cfg.DATASETS.TRAIN)
     if not names:
         raise SystemExit("error: give --dataset or DATASETS.TRAIN")
-    records = _records(names)
+    records = dataset_records(names, "--dataset" if args.dataset else "DATASETS.TRAIN")
     if not records:
         raise SystemExit(f"error: no images in {names}")
     if 0 < args.max_images < len(records):

@@ -26,11 +26,10 @@ import sys
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
-from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from updetr_d2.config import load_yaml_config
-from updetr_d2.engine.launch import device_or_cpu, register_image_folders
+from updetr_d2.engine.launch import dataset_records, device_or_cpu
 from updetr_d2.methods import simdetr
 
 logger = logging.getLogger("updetr_d2")
@@ -42,13 +41,6 @@ def _config(args):
     return cfg
 
 
-def _records(dataset: str):
-    register_image_folders([dataset])
-    if dataset not in DatasetCatalog.list():
-        raise SystemExit(f"error: --dataset {dataset!r} is neither a registered dataset nor a folder")
-    return DatasetCatalog.get(dataset)
-
-
 def _extract_shard(args, shard_index, num_shards, threads):
     if threads:  # a spawned process: its own logger and its share of the cores
         setup_logger(name="updetr_d2", distributed_rank=shard_index)
@@ -57,7 +49,7 @@ def _extract_shard(args, shard_index, num_shards, threads):
     cfg = _config(args)
     extractor = simdetr.FeatureExtractor.from_config(cfg)
     return simdetr.extract_proposals(
-        extractor, _records(args.dataset), args.output, simdetr.proposal_params(cfg),
+        extractor, dataset_records(args.dataset), args.output, simdetr.proposal_params(cfg),
         min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST, image_format=cfg.INPUT.FORMAT,
         chunk_size=args.chunk_size, num_workers=args.num_workers, shard_index=shard_index,
         num_shards=num_shards, source=args.dataset, max_chunks=args.max_chunks,

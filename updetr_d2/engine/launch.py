@@ -41,6 +41,19 @@ def register_image_folders(names):
             register_unlabeled_folder(name, name)
 
 
+def dataset_records(names, option: str = "--dataset"):
+    """The records of registered datasets or image folders (registered on the way), in
+    order; a name that is neither is an error naming it and the ``option`` it came from."""
+    names = [names] if isinstance(names, str) else list(names)
+    register_image_folders(names)
+    records = []
+    for name in names:
+        if name not in DatasetCatalog.list():
+            raise SystemExit(f"error: {option} {name!r} is neither a registered dataset nor a folder")
+        records.extend(DatasetCatalog.get(name))
+    return records
+
+
 def setup(args):
     """Load, override and freeze the config named by ``args``; set up logging and the output dir."""
     if not args.config_file:
