@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from _common import ROOT, copypaste_ap, sh, train_net
+from _common import ROOT, copypaste_ap, schedule, sh, train_net
 
 PRETEXT = os.path.join(ROOT, "projects", "EncoderPretext", "configs")
 TASKS = ("reconstruction", "mim_continuous", "mim_discrete", "jigsaw_continuous", "jigsaw_discrete")
@@ -108,11 +108,9 @@ def main():
     tasks, arms = args.tasks.split(","), args.arms.split(",")
     common = ["SEED", str(args.seed), *args.opts.split()]
     n_pre, n_ft = args.pretrain_iters, args.finetune_iters
-    pretrain = ["DATASETS.TRAIN", f"('{images}',)", "SOLVER.MAX_ITER", str(n_pre), "SOLVER.STEPS",
-                f"({int(n_pre * 0.8)},)", "SOLVER.CHECKPOINT_PERIOD", str(max(1, n_pre // 2)), *common]
+    pretrain = ["DATASETS.TRAIN", f"('{images}',)", *schedule(n_pre), *common]
     finetune = ["DATASETS.TRAIN", "('coco128_train',)", "DATASETS.TEST", "('coco128_val',)",
-                "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.MAX_ITER", str(n_ft), "SOLVER.STEPS", f"({int(n_ft * 0.8)},)",
-                "SOLVER.CHECKPOINT_PERIOD", str(max(1, n_ft // 2)), *common]
+                "MODEL.DETR.NUM_CLASSES", "80", *schedule(n_ft), *common]
     results = {}
     for det in args.detectors.split(","):
         detector_config, stem = DETECTORS[det]

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from _common import ROOT, copypaste_ap, sh, train_net
+from _common import ROOT, copypaste_ap, schedule, sh, train_net
 
 SIMDETR = os.path.join(ROOT, "projects", "SimDETR", "configs")
 
@@ -66,8 +66,7 @@ def main():
     seed = ["SEED", str(seeds[0])]
 
     def pretrain_opts(iters):
-        return ["DATASETS.TRAIN", f"('{images}',)", "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS",
-                f"({int(iters * 0.8)},)", "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2)), *seed]
+        return ["DATASETS.TRAIN", f"('{images}',)", *schedule(iters), *seed]
 
     weights = {"none": None}
     if "UP-DETR" in arms:
@@ -94,11 +93,8 @@ def main():
                   "SIMDETR.SELF_TRAINING.ROUNDS", str(args.rounds), *args.simdetr_opts.split()], pre)
         weights["SimDETR"] = os.path.join(pre, "model_final.pth")
 
-    steps = f"({int(args.finetune_iters * 0.8)},)"
     finetune = ["DATASETS.TRAIN", "('coco128_train',)", "DATASETS.TEST", "('coco128_val',)",
-                "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.MAX_ITER", str(args.finetune_iters),
-                "SOLVER.STEPS", steps, "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.finetune_iters // 2)),
-                *args.finetune_opts.split()]
+                "MODEL.DETR.NUM_CLASSES", "80", *schedule(args.finetune_iters), *args.finetune_opts.split()]
     results = {}
     for arm in [a for a in ["none", "UP-DETR", "SimDETR"] if a in arms]:
         for s in seeds:
