@@ -4,6 +4,7 @@ from updetr_d2.config import default_device
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    init_checkpoint_skip=[],  # parameter-name prefixes init_checkpoint does not fill (MODEL.WEIGHTS_SKIP)
     allow_unsafe_checkpoints=False,  # True only for trusted files that pickle arbitrary objects
     max_iter=1000,
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

@@ -8,12 +8,13 @@ torchvision / SwAV / DINO / MoCo ResNet files (converted by
 ``allow_unsafe=True``. Nothing here depends on the model: any detector with a Detectron2
 ResNet (DETR, Deformable DETR, UP-DETR, Co-DETR ...) loads through it.
 """
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .resnet_conversion import ConversionReport, convert_resnet_state_dict
 from .safe_load import is_pickle_file, load_checkpoint_file
+from .skip import check_skip_prefixes, skip_parts
 from .torchvision_resnet import find_torchvision_resnet
 
 __all__ = ["DetrCheckpointer", "UpdetrCheckpointer"]
@@ -33,17 +34,29 @@ class DetrCheckpointer(DetectionCheckpointer):
     ``self.conversion_report`` holds the :class:`ConversionReport` (else None).
     """
 
-    def __init__(self, model, save_dir="", *, allow_unsafe: bool = False, save_to_disk=None,
-                 **checkpointables):
+    def __init__(self, model, save_dir="", *, allow_unsafe: bool = False, skip: Sequence[str] = (),
+                 save_to_disk=None, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_unsafe = bool(allow_unsafe)
+        self.skip = check_skip_prefixes(skip, self.model)  # fvcore unwrapped DDP
+        self._skipping = True  # off only while a run resumes from its own checkpoint
         self.conversion_report: Optional[ConversionReport] = None
 
     @classmethod
     def from_config(cls, cfg, model, save_dir="", **kwargs):
-        """Reads ``MODEL.ALLOW_UNSAFE_CHECKPOINTS`` (default False) from a yaml config."""
-        allow = cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS
-        return cls(model, save_dir, allow_unsafe=allow, **kwargs)
+        """Reads ``MODEL.ALLOW_UNSAFE_CHECKPOINTS`` (default False) and
+        ``MODEL.WEIGHTS_SKIP`` from a yaml config."""
+        return cls(model, save_dir, allow_unsafe=cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS,
+                   skip=cfg.MODEL.WEIGHTS_SKIP, **kwargs)
+
+    def resume_or_load(self, path, *, resume=True):
+        # The skipped parts are a choice about the initial weights: a resumed run loads all
+        # of its own checkpoint (the skipped parts have trained since).
+        self._skipping = not (resume and self.has_checkpoint())
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._skipping = True
 
     def _model_uses_torchvision_names(self) -> bool:
         """True when the model itself holds torchvision ResNet names, so a torchvision
@@ -103,6 +116,8 @@ class DetrCheckpointer(DetectionCheckpointer):
         apply_rules = getattr(self.model, "apply_checkpoint_rules", None)  # fvcore unwrapped DDP
         if callable(apply_rules) and not checkpoint.get("matching_heuristics", False):
             apply_rules(checkpoint["model"])
+        if self.skip and self._skipping:
+            skip_parts(checkpoint["model"], self.skip, self.logger)
         incompatible = super()._load_model(checkpoint)
         report = self.conversion_report
         if report is not None:

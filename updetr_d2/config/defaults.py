@@ -93,6 +93,10 @@ def add_updetr_config(cfg):
     # Load MODEL.WEIGHTS files that pickle arbitrary objects (e.g. official DETR / UP-DETR
     # checkpoints); only for files you trust. Off: tensors and plain containers only.
     cfg.MODEL.ALLOW_UNSAFE_CHECKPOINTS = False
+    # Parameter-name prefixes that MODEL.WEIGHTS does not fill (they start fresh), e.g.
+    # ("transformer.decoder.", "query_generator.query_embed.") to take a pretraining's
+    # backbone and encoder only (updetr_d2.checkpoint.skip). A resumed run loads all.
+    cfg.MODEL.WEIGHTS_SKIP = ()
 
     # Which registered dataset mapper the data loaders use (updetr_d2.data.MAPPER_REGISTRY).
     cfg.INPUT.DATASET_MAPPER = "DatasetMapper"

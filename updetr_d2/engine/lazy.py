@@ -69,7 +69,8 @@ def do_train(cfg, resume: bool):
         return last_results
 
     checkpointer = DetrCheckpointer(
-        model, cfg.train.output_dir, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False), trainer=trainer
+        model, cfg.train.output_dir, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False),
+        skip=cfg.train.get("init_checkpoint_skip", ()), trainer=trainer,
     )
     trainer.register_hooks(build_hooks(cfg, model, checkpointer, evaluate))
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
@@ -81,7 +82,6 @@ def do_train(cfg, resume: bool):
 
 def do_eval_only(cfg):
     model = create_ddp_model(build_model(cfg))
-    DetrCheckpointer(model, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False)).load(
-        cfg.train.init_checkpoint
-    )
+    DetrCheckpointer(model, allow_unsafe=cfg.train.get("allow_unsafe_checkpoints", False),
+                     skip=cfg.train.get("init_checkpoint_skip", ())).load(cfg.train.init_checkpoint)
     return do_test(cfg, model)
