@@ -9,7 +9,11 @@ the same schedule and seeds and evaluated on COCO128 val (not a test).
 
 Arms (--arms; the demo DETR on the ImageNet EfficientNet-Lite0 in every arm):
   none      configs/demo/detr_effnet_lite0_demo.yaml as is (--finetune-config);
-  UP-DETR   projects/UPDETR/configs/updetr_effnet_lite0_demo_pretrain.yaml;
+  UP-DETR   projects/UPDETR/configs/updetr_effnet_lite0_demo_pretrain.yaml; one fine-tuning arm per
+            --updetr-handoffs entry, all from the same pretraining: "all" (the default hand-off:
+            everything but the pretext's heads), "encoder" (backbone, input projection and encoder;
+            decoder, queries and box head fresh), "fresh-queries" (all but the query embeddings),
+            through MODEL.WEIGHTS_SKIP;
   SimDETR   stage A (tools/simdetr.py proposals, proposals_effnet_lite0.yaml) and B (cluster,
             K = --num-clusters), then projects/SimDETR/configs/simdetr_detr_effnet_lite0_demo_pretrain.yaml;
   pretext   one arm per --pretext-tasks task: projects/EncoderPretext/configs/
@@ -28,7 +32,7 @@ ignored), at initialisation and after pretraining, so a pretext that was never l
   pretext   the pretext loss (EncoderPretext.held_out_loss).
 
 --setting small: a few iterations, one seed, 128 px inputs, one thread (CI-sized); --setting full: 1000
-pretraining and 1000 fine-tuning iterations, evaluation every 200, seeds 1,2,3. Every budget
+pretraining and 600 fine-tuning iterations, evaluation every 150, seeds 1,2,3. Every budget
 has a flag. Each run is a tools/ run in its own folder under --output, skipped when finished
 and resumed (--resume) when killed; held-out metrics are cached in held_out.json next to their
 pretraining. A changed budget needs a new --output. Writes results.json, table.md (the tables
@@ -57,10 +61,14 @@ SMALL_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192", 
                "INPUT.QUERY_PATCH.SIZE", "32", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
 SETTINGS = {
     "small": dict(pretrain_iters=4, finetune_iters=4, eval_period=2, seeds="1", held_out_images=4,
-                  num_clusters=8, rounds=0, threads=1, input_opts=SMALL_INPUT),
-    "full": dict(pretrain_iters=1000, finetune_iters=1000, eval_period=200, seeds="1,2,3", held_out_images=32,
-                 num_clusters=64, rounds=1, threads=0, input_opts=[]),
+                  num_clusters=8, rounds=0, threads=1, updetr_handoffs="all", input_opts=SMALL_INPUT),
+    "full": dict(pretrain_iters=1000, finetune_iters=600, eval_period=150, seeds="1,2,3", held_out_images=32,
+                 num_clusters=64, rounds=1, threads=0, updetr_handoffs="all,encoder,fresh-queries", input_opts=[]),
 }
+# What an UP-DETR fine-tuning arm does not take from the pretraining (MODEL.WEIGHTS_SKIP; the
+# pretext's class head, patch projection and feature head are never taken).
+HANDOFFS = {"all": (), "encoder": ("transformer.decoder.", "query_generator.query_embed.", "heads."),
+            "fresh-queries": ("query_generator.query_embed.",)}
 METRICS = ("AP", "AP50", "AP75")
 HELD_OUT_NAMES = {"patch_AP50": "patch localisation AP50 (higher: learned)", "patch_AP": "patch localisation AP",
                   "feature_loss": "feature reconstruction loss (lower: learned)",
@@ -82,6 +90,8 @@ def parse_args(argv=None):
     for flag, kind in (("pretrain-iters", int), ("finetune-iters", int), ("eval-period", int), ("seeds", str),
                        ("held-out-images", int), ("num-clusters", int), ("rounds", int)):
         parser.add_argument(f"--{flag}", type=kind, default=None, help="default: from --setting")
+    parser.add_argument("--updetr-handoffs", default=None,
+                        help=f"UP-DETR fine-tuning arms, of {', '.join(HANDOFFS)}; default: from --setting")
     parser.add_argument("--num-codes", type=int, default=256, help="codebook size of mim_discrete")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of every run (0: leave it); default: from --setting")
@@ -103,12 +113,26 @@ def arm_names(args):
     for arm in args.arms.split(","):
         if arm not in ("none", "UP-DETR", "SimDETR", "pretext"):
             sys.exit(f"unknown arm {arm!r} (--arms: none, UP-DETR, SimDETR, pretext)")
-        names += [f"pretext:{t}" for t in args.pretext_tasks.split(",")] if arm == "pretext" else [arm]
+        if arm == "pretext":
+            names += [f"pretext:{t}" for t in args.pretext_tasks.split(",")]
+        elif arm == "UP-DETR":
+            for handoff in args.updetr_handoffs.split(","):
+                if handoff not in HANDOFFS:
+                    sys.exit(f"unknown --updetr-handoffs entry {handoff!r} (of {', '.join(HANDOFFS)})")
+                names.append("UP-DETR" if handoff == "all" else f"UP-DETR/{handoff}")
+        else:
+            names.append(arm)
     return names
 
 
 def slug(arm: str) -> str:
-    return arm.replace(":", "_")
+    return arm.replace(":", "_").replace("/", "_")
+
+
+def handoff_opts(arm: str):
+    """The fine-tuning overrides of an arm: UP-DETR/<handoff> skips parts of the weights."""
+    skip = HANDOFFS[arm.split("/", 1)[1]] if arm.startswith("UP-DETR/") else ()
+    return ["MODEL.WEIGHTS_SKIP", repr(tuple(skip))] if skip else []
 
 
 def pretrain_opts(args):
@@ -224,7 +248,7 @@ def finetune(args, arm, weights, seed):
     opts = ["DATASETS.TRAIN", f"('{args.train}',)", "DATASETS.TEST", f"('{args.val}',)",
             "MODEL.DETR.NUM_CLASSES", str(args.num_classes), *schedule(args.finetune_iters),
             "TEST.EVAL_PERIOD", str(args.eval_period), "SEED", str(seed),
-            *(["MODEL.WEIGHTS", weights] if weights else []), *args.common]
+            *(["MODEL.WEIGHTS", weights] if weights else []), *handoff_opts(arm), *args.common]
     run = train_net(args.finetune_config, opts, os.path.join(args.out, f"finetune_{slug(arm)}_seed{seed}"))
     curve = [{k: p[k] for k in ("iteration",) + METRICS} for p in ap_curve(os.path.join(run, "metrics.json"),
                                                                            args.finetune_iters)]
@@ -318,8 +342,10 @@ def main(argv=None):
     for arm in arms:
         if arm == "none":
             weights[arm] = None
-        elif arm == "UP-DETR":
-            weights[arm], held[arm] = pretrain_updetr(args)
+        elif arm.startswith("UP-DETR"):  # one pretraining for every hand-off arm
+            if "UP-DETR" not in held:
+                weights["UP-DETR"], held["UP-DETR"] = pretrain_updetr(args)
+            weights[arm] = weights["UP-DETR"]
         elif arm == "SimDETR":
             weights[arm], held[arm] = pretrain_simdetr(args)
         else:
