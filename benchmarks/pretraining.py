@@ -35,7 +35,8 @@ ignored), at initialisation and after pretraining, so a pretext that was never l
 pretraining and 600 fine-tuning iterations, evaluation every 150, seeds 1,2,3. Every budget
 has a flag. Each run is a tools/ run in its own folder under --output, skipped when finished
 and resumed (--resume) when killed; held-out metrics are cached in held_out.json next to their
-pretraining. A changed budget needs a new --output. Writes results.json, table.md (the tables
+pretraining, and each fine-tuned model's diagnostics (does its decoder output vary with the image;
+its final losses) in diagnostics.json next to it. A changed budget needs a new --output. Writes results.json, table.md (the tables
 and the command line) and ap_curves.png (AP against fine-tuning iterations, mean and min-max
 band over seeds).
 """
@@ -70,6 +71,7 @@ SETTINGS = {
 HANDOFFS = {"all": (), "encoder": ("transformer.decoder.", "query_generator.query_embed.", "heads."),
             "fresh-queries": ("query_generator.query_embed.",)}
 METRICS = ("AP", "AP50", "AP75")
+DIAGNOSTICS = ("image_share", "query_norm", "memory_norm", "loss_ce", "loss_bbox", "loss_giou")
 HELD_OUT_NAMES = {"patch_AP50": "patch localisation AP50 (higher: learned)", "patch_AP": "patch localisation AP",
                   "feature_loss": "feature reconstruction loss (lower: learned)",
                   "AP": "AP vs held-out pseudo-labels (higher: learned)", "AP50": "AP50 vs held-out pseudo-labels",
@@ -157,21 +159,58 @@ def build(config, opts, weights):
     return cfg, model
 
 
-def held_out(run_dir, args, weights, measure):
-    """``{"init": measure(""), "pretrained": measure(weights)}``, cached in run_dir/held_out.json
-    (recomputed when the held-out images or the weights file changed)."""
-    path = os.path.join(run_dir, "held_out.json")
-    key = [args.val, args.held_out_images, weights, os.path.getmtime(weights)]
+def cached(path, key, compute):
+    """``compute()``, cached in the json file ``path`` under ``key`` (recomputed when it changed)."""
     if os.path.exists(path):
         with open(path) as f:
-            cached = json.load(f)
-        if cached.get("key") == key:
-            return cached["metrics"]
-    print(f"held-out metrics of {run_dir}", flush=True)
-    metrics = {"init": measure(""), "pretrained": measure(weights)}
+            stored = json.load(f)
+        if stored.get("key") == key:
+            return stored["metrics"]
+    metrics = compute()
     with open(path, "w") as f:
         json.dump({"key": key, "metrics": metrics}, f, indent=1)
     return metrics
+
+
+def held_out(run_dir, args, weights, measure):
+    """``{"init": measure(""), "pretrained": measure(weights)}``, cached in run_dir/held_out.json
+    (recomputed when the held-out images or the weights file changed)."""
+    def compute():
+        print(f"held-out metrics of {run_dir}", flush=True)
+        return {"init": measure(""), "pretrained": measure(weights)}
+
+    key = [args.val, args.held_out_images, weights, os.path.getmtime(weights)]
+    return cached(os.path.join(run_dir, "held_out.json"), key, compute)
+
+
+def diagnostics(run_dir, opts, args):
+    """Why a fine-tuned detector scores what it does: how much its decoder output varies with
+    the image (updetr_d2.modeling.diagnostics.decoder_dependence, on the held-out images) and
+    its training losses at the end (median of the last 5 logged values)."""
+    weights = os.path.join(run_dir, "model_final.pth")
+
+    def compute():
+        from detectron2.data import DatasetCatalog, DatasetMapper
+        from updetr_d2.modeling.diagnostics import decoder_dependence
+
+        cfg, model = build(args.finetune_config, opts, weights)
+        mapper = DatasetMapper(cfg, is_train=False)
+        found = decoder_dependence(model, [mapper(r) for r in DatasetCatalog.get(args.val)[: args.held_out_images]])
+        logged = {}
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                for k in ("loss_ce", "loss_bbox", "loss_giou"):
+                    if k in record:
+                        logged.setdefault(k, []).append(record[k])
+        found.update({k: float(np.median(v[-5:])) for k, v in logged.items()})
+        return found
+
+    key = [args.val, args.held_out_images, os.path.getmtime(weights)]
+    return cached(os.path.join(run_dir, "diagnostics.json"), key, compute)
 
 
 def updetr_metrics(opts, weights, args):
@@ -250,6 +289,7 @@ def finetune(args, arm, weights, seed):
             "TEST.EVAL_PERIOD", str(args.eval_period), "SEED", str(seed),
             *(["MODEL.WEIGHTS", weights] if weights else []), *handoff_opts(arm), *args.common]
     run = train_net(args.finetune_config, opts, os.path.join(args.out, f"finetune_{slug(arm)}_seed{seed}"))
+    diag = diagnostics(run, opts, args)
     curve = [{k: p[k] for k in ("iteration",) + METRICS} for p in ap_curve(os.path.join(run, "metrics.json"),
                                                                            args.finetune_iters)]
     if curve and curve[-1]["iteration"] == args.finetune_iters:
@@ -257,7 +297,7 @@ def finetune(args, arm, weights, seed):
     else:  # no final evaluation in metrics.json (e.g. a run of an older version): the log's last one
         print(f"warning: {run} logged no evaluation at iteration {args.finetune_iters}; using its log")
         final = copypaste_ap(os.path.join(run, "run.log"))
-    return {"final": {k: final.get(k, float("nan")) for k in METRICS}, "curve": curve}
+    return {"final": {k: final.get(k, float("nan")) for k in METRICS}, "curve": curve, "diagnostics": diag}
 
 
 def mean_std(values) -> str:
@@ -275,6 +315,16 @@ def table(args, results, held) -> str:
         finals = [r["final"] for r in per_seed.values()]
         cells = [mean_std([f[k] for f in finals]) for k in METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " | " + ", ".join(f"{f['AP']:.2f}" for f in finals) + " |")
+    lines += ["", f"Does the fine-tuned decoder look at the image? On the first {args.held_out_images} images of "
+              f"{args.val}: share of the last decoder layer's output variance that is across images (the rest is "
+              "across query slots), mean norms of the learned queries and of the encoder memory; final "
+              "fine-tuning losses. Means over seeds.", "",
+              "| pretraining | image share | query norm | memory norm | loss_ce | loss_bbox | loss_giou |",
+              "|---|---|---|---|---|---|---|"]
+    for arm, per_seed in results.items():
+        diags = [r["diagnostics"] for r in per_seed.values()]
+        cells = [f"{np.mean([d.get(k, float('nan')) for d in diags]):.3f}" for k in DIAGNOSTICS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if held:
         lines += ["", f"Pretext learned? Its own metric on the first {args.held_out_images} images of {args.val} "
                   "(labels ignored), at initialisation and after pretraining", "",

@@ -1,7 +1,8 @@
 """benchmarks/pretraining.py --setting small end to end on the demo data: every arm (no
-pretraining, UP-DETR, SimDETR, one encoder pretext) pretrains, reports its pretext's
-held-out metric, fine-tunes with periodic evaluation; the table, results and AP curves are
-written; a rerun skips every run (resume). About a minute on 2 CPU cores."""
+pretraining, UP-DETR with two hand-offs, SimDETR, one encoder pretext) pretrains, reports its
+pretext's held-out metric, fine-tunes with periodic evaluation and reports its diagnostics;
+the table, results and AP curves are written; a rerun skips every run (resume). About a
+minute on 2 CPU cores."""
 import json
 import math
 import os
@@ -13,7 +14,9 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARMS = ["none", "UP-DETR", "SimDETR", "pretext:mim_continuous"]
+ARMS = ["none", "UP-DETR", "UP-DETR/encoder", "SimDETR", "pretext:mim_continuous"]
+DIAGNOSTICS = {"var_images", "var_queries", "image_share", "query_norm", "memory_norm", "loss_ce", "loss_bbox",
+               "loss_giou"}
 HELD_OUT_KEYS = {"UP-DETR": {"patch_AP", "patch_AP50", "feature_loss"}, "SimDETR": {"AP", "AP50", "AP75"},
                  "pretext:mim_continuous": {"loss"}}
 
@@ -22,6 +25,7 @@ def run_benchmark(out):
     # The environment passes through: UPDETR_DEMO_ROOT (conftest.py) names the demo data.
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "pretraining.py"), "--setting", "small",
            "--arms", "none,UP-DETR,SimDETR,pretext", "--pretext-tasks", "mim_continuous",
+           "--updetr-handoffs", "all,encoder",
            "--unlabeled", "updetr_demo_unlabeled", "--train", "updetr_demo_train", "--val", "updetr_demo_val",
            "--num-classes", "4", "--output", out]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -49,6 +53,12 @@ def test_small_benchmark_reports_every_arm_and_resumes(tmp_path):
         assert [p["iteration"] for p in run["curve"]] == [2, 4]  # --eval-period 2 of 4 iterations
         assert run["final"] == {k: run["curve"][-1][k] for k in ("AP", "AP50", "AP75")}
         assert all(0 <= v <= 100 for v in run["final"].values())
+        assert set(run["diagnostics"]) == DIAGNOSTICS and all(math.isfinite(v) for v in run["diagnostics"].values())
+        assert f"| {arm} | " in table.split("Does the fine-tuned decoder look at the image?")[1].split("Pretext")[0]
+    # The encoder-only hand-off left the decoder, queries and heads fresh, and said so.
+    with open(os.path.join(out, "finetune_UP-DETR_encoder_seed1", "run.log")) as f:
+        log = f.read()
+    assert "Not loaded from the initial weights (MODEL.WEIGHTS_SKIP)" in log and "transformer.decoder.*" in log
     assert set(results["held_out"]) == set(HELD_OUT_KEYS)
     for arm, keys in HELD_OUT_KEYS.items():
         for when in ("init", "pretrained"):
