@@ -7,13 +7,21 @@ torchvision / SwAV / DINO / MoCo ResNet files (converted by
 :mod:`updetr_d2.checkpoint.safe_load`, so no code runs from a file unless
 ``allow_unsafe=True``. Nothing here depends on the model: any detector with a Detectron2
 ResNet (DETR, Deformable DETR, UP-DETR, Co-DETR ...) loads through it.
+
+It saves through :mod:`updetr_d2.checkpoint.integrity`: whole files with a ``.sha256``
+beside them, checked on load, and ``--resume`` falls back to the newest intact
+checkpoint when the last one is missing, cut short or corrupt.
 """
+import os
+import zipfile
 from typing import Mapping, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.files import atomic_write
+from .integrity import folder_state, newest_intact, remove_leftovers, save_checkpoint, verify_checksum
 from .resnet_conversion import ConversionReport, convert_resnet_state_dict
-from .safe_load import is_pickle_file, load_checkpoint_file
+from .safe_load import UnsafeCheckpointError, is_pickle_file, load_checkpoint_file
 from .skip import check_skip_prefixes, skip_parts
 from .torchvision_resnet import find_torchvision_resnet
 
@@ -41,6 +49,7 @@ class DetrCheckpointer(DetectionCheckpointer):
         self.skip = check_skip_prefixes(skip, self.model)  # fvcore unwrapped DDP
         self._skipping = True  # off only while a run resumes from its own checkpoint
         self.conversion_report: Optional[ConversionReport] = None
+        self._resume_choice = None  # ((last_checkpoint, folder_state), chosen file)
 
     @classmethod
     def from_config(cls, cfg, model, save_dir="", **kwargs):
@@ -58,6 +67,83 @@ class DetrCheckpointer(DetectionCheckpointer):
         finally:
             self._skipping = True
 
+    def _local(self) -> bool:
+        # Remote stores behind PathManager (manifold://, s3://) have no atomic rename:
+        # there, files are written and found as Detectron2 does.
+        return "://" not in self.save_dir
+
+    def save(self, name, **kwargs):
+        # fvcore writes the file in place: a run killed mid-save left a truncated file under
+        # the final name and, worse, nothing to tell it from a good one.
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        for path in remove_leftovers(self.save_dir):
+            self.logger.info("Removed '%s', left by an earlier save", path)
+        self.logger.info("Saving checkpoint to {}".format(save_file))
+        save_checkpoint(data, save_file)
+        self.tag_last_checkpoint(basename)  # only once the file and its checksum are complete
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if not self._local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename))
+
+    def has_checkpoint(self) -> bool:
+        # A run whose checkpoints are all damaged starts as if it had none (resume_or_load
+        # then loads the initial weights and the trainer starts at iteration 0).
+        return bool(self.get_checkpoint_file())
+
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names or, when it is missing, cut short or fails
+        its checksum, the newest intact checkpoint in ``save_dir`` (warning naming each
+        bad file); "" when there is none."""
+        named = super().get_checkpoint_file()
+        if not named or not self._local():
+            return named
+        # Asked several times per resume (here, by resume_or_load, by the trainer): the
+        # files are checked once while the folder is unchanged.
+        key = (named, folder_state(self.save_dir or "."))
+        if self._resume_choice is None or self._resume_choice[0] != key:
+            self._resume_choice = (key, self._choose_checkpoint(named))
+        return self._resume_choice[1]
+
+    def _choose_checkpoint(self, named: str) -> str:
+        chosen, rejected = newest_intact(named, self.save_dir or ".", self._check_intact)
+        for path, reason in rejected:
+            self.logger.warning("Not resuming from '%s': %s", path, reason)
+        if chosen is None:
+            self.logger.warning(
+                "No intact checkpoint in '%s': the run starts from its initial weights, as "
+                "if it had no checkpoint.", self.save_dir)
+            return ""
+        if rejected:
+            self.logger.warning("Resuming from '%s', the newest intact checkpoint.", chosen)
+        return chosen
+
+    def _check_intact(self, path: str) -> None:
+        """Raise unless ``path`` matches its checksum or, without one, loads."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"'{path}' does not exist")
+        if verify_checksum(path):
+            return
+        try:
+            load_checkpoint_file(path, allow_unsafe=self.allow_unsafe)
+        except UnsafeCheckpointError:
+            # torch says the same of bytes that are no checkpoint at all; a complete
+            # torch.save archive was only refused, which the load itself reports, as before.
+            if not zipfile.is_zipfile(path):
+                raise
+
     def _model_uses_torchvision_names(self) -> bool:
         """True when the model itself holds torchvision ResNet names, so a torchvision
         file must load unconverted."""
@@ -69,6 +155,7 @@ class DetrCheckpointer(DetectionCheckpointer):
         # code, so it is not called: its .pkl (Detectron2 / Caffe2 model zoo) and .pyth
         # (pycls) layouts are read again here from the safely loaded data.
         self.conversion_report = None
+        verify_checksum(filename)  # a file saved with a checksum must still match it
         data = load_checkpoint_file(filename, allow_unsafe=self.allow_unsafe)
         if is_pickle_file(filename):
             if isinstance(data, Mapping) and "model" in data and "__author__" in data:
