@@ -9,12 +9,15 @@ from .defaults import (
     default_device,
     load_yaml_config,
 )
+from .lazy_overrides import UnknownConfigKeyError, apply_lazy_overrides
 from .registry import register_config, register_config_check, registered_configs, run_config_checks
 
 __all__ = [
+    "UnknownConfigKeyError",
     "add_deformable_detr_config",
     "add_detr_config",
     "add_updetr_config",
+    "apply_lazy_overrides",
     "default_device",
     "load_yaml_config",
     "register_config",

@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.data import DatasetCatalog
 
 from ..checkpoint import DetrCheckpointer
-from ..config import load_yaml_config, run_config_checks
+from ..config import apply_lazy_overrides, load_yaml_config, run_config_checks
 from ..data import register_unlabeled_folder
 from . import lazy
 from .trainer import Trainer
@@ -60,7 +60,7 @@ def setup(args):
         raise ValueError("--config-file is required (a yaml file or a LazyConfig .py file)")
     if is_lazy_config(args.config_file):
         cfg = LazyConfig.load(args.config_file)
-        cfg = LazyConfig.apply_overrides(cfg, args.opts)
+        cfg = apply_lazy_overrides(cfg, args.opts)
         cfg.train.device = device_or_cpu(cfg.train.get("device", "cpu"))
         register_image_folders(cfg.dataloader.train.dataset.get("names", ()))
     else:
