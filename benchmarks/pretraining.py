@@ -71,7 +71,7 @@ SETTINGS = {
 HANDOFFS = {"all": (), "encoder": ("transformer.decoder.", "query_generator.query_embed.", "heads."),
             "fresh-queries": ("query_generator.query_embed.",)}
 METRICS = ("AP", "AP50", "AP75")
-DIAGNOSTICS = ("image_share", "query_norm", "memory_norm", "loss_ce", "loss_bbox", "loss_giou")
+DIAGNOSTICS = ("image_share", "memory_cosine", "query_norm", "loss_ce", "loss_bbox", "loss_giou")
 HELD_OUT_NAMES = {"patch_AP50": "patch localisation AP50 (higher: learned)", "patch_AP": "patch localisation AP",
                   "feature_loss": "feature reconstruction loss (lower: learned)",
                   "AP": "AP vs held-out pseudo-labels (higher: learned)", "AP50": "AP50 vs held-out pseudo-labels",
@@ -183,19 +183,43 @@ def held_out(run_dir, args, weights, measure):
     return cached(os.path.join(run_dir, "held_out.json"), key, compute)
 
 
+DIAGNOSTICS_VERSION = 2  # part of the cache key: a cached result without a newer metric is redone
+
+
+def measure_decoder(opts, weights, args, handoff=False):
+    """decoder_dependence of the fine-tuning config with ``weights`` on the held-out images:
+    loaded as the fine-tuning run starts from them (``handoff``: the checkpoint's hand-off
+    rules and MODEL.WEIGHTS_SKIP apply, fresh parts seeded) or as saved by the run."""
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from updetr_d2.checkpoint import DetrCheckpointer
+    from updetr_d2.modeling.diagnostics import decoder_dependence
+
+    cfg, model = build(args.finetune_config, opts, "" if handoff else weights)
+    if handoff and weights:
+        DetrCheckpointer.from_config(cfg, model).resume_or_load(weights, resume=False)
+    mapper = DatasetMapper(cfg, is_train=False)
+    return decoder_dependence(model, [mapper(r) for r in DatasetCatalog.get(args.val)[: args.held_out_images]])
+
+
+def handoff_diagnostics(args, arm, weights):
+    """What fine-tuning starts from: measure_decoder at the hand-off, once per arm (cached in
+    the arm's first fine-tuning folder)."""
+    run_dir = os.path.join(args.out, f"finetune_{slug(arm)}_seed{args.seed_list[0]}")
+    os.makedirs(run_dir, exist_ok=True)
+    opts = ["MODEL.DETR.NUM_CLASSES", str(args.num_classes), *handoff_opts(arm), *args.common]
+    key = [DIAGNOSTICS_VERSION, args.val, args.held_out_images, weights, os.path.getmtime(weights) if weights else 0]
+    return cached(os.path.join(run_dir, "handoff_diagnostics.json"), key,
+                  lambda: measure_decoder(opts, weights, args, handoff=True))
+
+
 def diagnostics(run_dir, opts, args):
     """Why a fine-tuned detector scores what it does: how much its decoder output varies with
-    the image (updetr_d2.modeling.diagnostics.decoder_dependence, on the held-out images) and
-    its training losses at the end (median of the last 5 logged values)."""
+    the image and how alike its encoder tokens are (updetr_d2.modeling.diagnostics, on the
+    held-out images) and its training losses at the end (median of the last 5 logged values)."""
     weights = os.path.join(run_dir, "model_final.pth")
 
     def compute():
-        from detectron2.data import DatasetCatalog, DatasetMapper
-        from updetr_d2.modeling.diagnostics import decoder_dependence
-
-        cfg, model = build(args.finetune_config, opts, weights)
-        mapper = DatasetMapper(cfg, is_train=False)
-        found = decoder_dependence(model, [mapper(r) for r in DatasetCatalog.get(args.val)[: args.held_out_images]])
+        found = measure_decoder(opts, weights, args)
         logged = {}
         with open(os.path.join(run_dir, "metrics.json")) as f:
             for line in f:
@@ -209,7 +233,7 @@ def diagnostics(run_dir, opts, args):
         found.update({k: float(np.median(v[-5:])) for k, v in logged.items()})
         return found
 
-    key = [args.val, args.held_out_images, os.path.getmtime(weights)]
+    key = [DIAGNOSTICS_VERSION, args.val, args.held_out_images, os.path.getmtime(weights)]
     return cached(os.path.join(run_dir, "diagnostics.json"), key, compute)
 
 
@@ -306,7 +330,7 @@ def mean_std(values) -> str:
     return f"{v.mean():.2f} +- {std:.2f}"
 
 
-def table(args, results, held) -> str:
+def table(args, results, held, handoff) -> str:
     lines = [f"COCO AP on {args.val} after {args.finetune_iters} fine-tuning iterations on {args.train}, "
              f"mean +- std over seeds {args.seed_list}; pretraining: {args.pretrain_iters} iterations on "
              f"{args.unlabeled} (seed {args.seed_list[0]})", "",
@@ -315,15 +339,19 @@ def table(args, results, held) -> str:
         finals = [r["final"] for r in per_seed.values()]
         cells = [mean_std([f[k] for f in finals]) for k in METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " | " + ", ".join(f"{f['AP']:.2f}" for f in finals) + " |")
-    lines += ["", f"Does the fine-tuned decoder look at the image? On the first {args.held_out_images} images of "
-              f"{args.val}: share of the last decoder layer's output variance that is across images (the rest is "
-              "across query slots), mean norms of the learned queries and of the encoder memory; final "
-              "fine-tuning losses. Means over seeds.", "",
-              "| pretraining | image share | query norm | memory norm | loss_ce | loss_bbox | loss_giou |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", f"Does the decoder look at the image? On the first {args.held_out_images} images of {args.val}, "
+              "where fine-tuning starts (hand-off) and where it ends: the share of the last decoder layer's output "
+              "variance that is across images (the rest is across query slots); the mean |cosine| between two "
+              "encoder tokens of one image (1: every position alike); the learned queries' mean norm; the final "
+              "fine-tuning losses. Fine-tuned values are means over seeds.", "",
+              "| pretraining | hand-off: image share | hand-off: token cos | fine-tuned: image share | "
+              "fine-tuned: token cos | query norm | loss_ce | loss_bbox | loss_giou |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for arm, per_seed in results.items():
         diags = [r["diagnostics"] for r in per_seed.values()]
-        cells = [f"{np.mean([d.get(k, float('nan')) for d in diags]):.3f}" for k in DIAGNOSTICS]
+        start = handoff.get(arm, {})
+        cells = [f"{start.get(k, float('nan')):.3f}" for k in ("image_share", "memory_cosine")]
+        cells += [f"{np.mean([d.get(k, float('nan')) for d in diags]):.3f}" for k in DIAGNOSTICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if held:
         lines += ["", f"Pretext learned? Its own metric on the first {args.held_out_images} images of {args.val} "
@@ -401,15 +429,17 @@ def main(argv=None):
         else:
             weights[arm], held[arm] = pretrain_pretext(args, arm.split(":", 1)[1])
     results = {arm: {s: finetune(args, arm, weights[arm], s) for s in args.seed_list} for arm in arms}
+    handoff = {arm: handoff_diagnostics(args, arm, weights[arm]) for arm in arms}
 
     command = "python benchmarks/pretraining.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    text = table(args, results, held)
+    text = table(args, results, held, handoff)
     print("\n" + text)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(f"# Pretraining benchmark\n\n`{command}`\n\n{text}\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         settings = {k: v for k, v in vars(args).items() if k not in ("common", "out")}
-        json.dump({"command": command, "args": settings, "held_out": held, "results": results}, f, indent=1)
+        json.dump({"command": command, "args": settings, "held_out": held, "handoff": handoff, "results": results},
+                  f, indent=1)
     plot(args, results, os.path.join(args.out, "ap_curves.png"))
     print(f"\nresults.json, table.md and ap_curves.png in {args.out}")
 

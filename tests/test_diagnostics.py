@@ -35,6 +35,10 @@ def test_variances_equal_a_direct_computation(model_and_inputs):
     weight = model.query_generator.query_embed.weight.detach().numpy()
     assert got["query_norm"] == pytest.approx(np.linalg.norm(weight, axis=1).mean(), rel=1e-5)
     assert got["memory_norm"] > 0
+    memory = [model.run_phases([x]).memory.memory[0].double() for x in inputs]
+    unit = [m / m.norm(dim=-1, keepdim=True) for m in memory]
+    pairs = [(u @ u.T).abs()[~torch.eye(len(u), dtype=torch.bool)].mean().item() for u in unit]
+    assert got["memory_cosine"] == pytest.approx(np.mean(pairs), rel=1e-4)
 
 
 def test_a_detector_blind_to_the_image_has_no_variance_across_images(model_and_inputs):
@@ -46,5 +50,8 @@ def test_a_detector_blind_to_the_image_has_no_variance_across_images(model_and_i
     got = decoder_dependence(blind, inputs)
     assert got["var_images"] == pytest.approx(0.0, abs=1e-10)
     assert got["image_share"] == pytest.approx(0.0, abs=1e-8)
+    # ... and its encoder (values from a zero input; positions enter queries and keys
+    # only) gives every position the same token.
+    assert got["memory_cosine"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="at least 2 images"):
         decoder_dependence(blind, inputs[:1])

@@ -1,8 +1,9 @@
 """Does a detector look at the image? How much of its decoder's output varies with the
-image and how much only with the query slot, plus the sizes of what the decoder adds
-together (learned query embeddings vs. encoder memory). A fine-tuned detector whose
-outputs barely change across images predicts the same boxes everywhere: the symptom a
-bad pretraining hand-off shows (issue: UP-DETR's fine-tuned decoder ignoring the image)."""
+image and how much only with the query slot, how alike the encoder's tokens of one image
+are, and the sizes of what the decoder adds together (learned query embeddings vs. encoder
+memory). A detector whose outputs barely change across images predicts the same boxes
+everywhere, and an encoder whose tokens all point one way gives its decoder little to tell
+positions apart by: the two symptoms of a pretraining that hands off a collapsed model."""
 from typing import Dict, List, Sequence
 
 import torch
@@ -19,14 +20,16 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
     - ``var_queries``: variance across query slots, averaged over images and channels;
     - ``image_share``: var_images / (var_images + var_queries);
     - ``query_norm``: mean L2 norm of the positional queries (learned embeddings);
-    - ``memory_norm``: mean L2 norm of the encoder memory tokens (padding excluded).
+    - ``memory_norm``: mean L2 norm of the encoder memory tokens (padding excluded);
+    - ``memory_cosine``: mean |cosine similarity| between two tokens of the same image's
+      memory (padding excluded; 1: every position says the same thing).
     """
     if len(batched_inputs) < 2:
         raise ValueError("decoder_dependence needs at least 2 images (a variance across images)")
     was_training = model.training
     model.eval()
     last: List[torch.Tensor] = []
-    query_norms, memory_norms = [], []
+    query_norms, memory_norms, cosines = [], [], []
     try:
         for start in range(0, len(batched_inputs), batch_size):
             state = model.run_phases(list(batched_inputs[start:start + batch_size]))
@@ -37,6 +40,9 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
             keep = ~state.memory.padding_mask if state.memory.padding_mask is not None else None
             norms = memory.norm(dim=-1)
             memory_norms.append(norms[keep].mean() if keep is not None else norms.mean())
+            for i in range(memory.shape[0]):
+                tokens = memory[i][keep[i]] if keep is not None else memory[i]
+                cosines.append(mean_abs_cosine(tokens))
     finally:
         model.train(was_training)
     hs = torch.cat(last)  # [N, Q, d]
@@ -49,4 +55,16 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
         "image_share": var_images / (var_images + var_queries) if var_images + var_queries > 0 else nan,
         "query_norm": torch.stack(query_norms).mean().item() if query_norms else nan,
         "memory_norm": torch.stack(memory_norms).mean().item(),
+        "memory_cosine": torch.stack(cosines).mean().item(),
     }
+
+
+def mean_abs_cosine(tokens: torch.Tensor, max_tokens: int = 1024) -> torch.Tensor:
+    """Mean |cos| over pairs of distinct rows of ``tokens`` [S, d] (an evenly spaced
+    subset of at most ``max_tokens`` rows: the pair matrix of a large level is S^2)."""
+    if tokens.shape[0] > max_tokens:
+        tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, max_tokens).long()]
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    cos = (unit @ unit.T).abs()
+    n = cos.shape[0]
+    return (cos.sum() - cos.diagonal().sum()) / max(n * (n - 1), 1)
