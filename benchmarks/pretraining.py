@@ -37,14 +37,15 @@ has a flag. Each run is a tools/ run in its own folder under --output, skipped w
 and resumed (--resume) when killed; held-out metrics are cached in held_out.json next to their
 pretraining, and each fine-tuned model's diagnostics (does its decoder output vary with the image;
 its final losses) in diagnostics.json next to it. A changed budget needs a new --output. Writes results.json, table.md (the tables
-and the command line) and ap_curves.png (AP against fine-tuning iterations, mean and min-max
-band over seeds).
+and the command line) and ap_curves.png (AP and AP50 against fine-tuning iterations, mean and
+min-max band over seeds).
 """
 import argparse
 import json
 import os
 import shlex
 import sys
+from typing import List
 
 import numpy as np
 
@@ -71,7 +72,7 @@ SETTINGS = {
 HANDOFFS = {"all": (), "encoder": ("transformer.decoder.", "query_generator.query_embed.", "heads."),
             "fresh-queries": ("query_generator.query_embed.",)}
 METRICS = ("AP", "AP50", "AP75")
-DIAGNOSTICS = ("image_share", "memory_cosine", "query_norm", "loss_ce", "loss_bbox", "loss_giou")
+DIAGNOSTICS = ("image_share", "memory_cosine", "memory_cross_cosine", "loss_ce", "loss_bbox", "loss_giou")
 HELD_OUT_NAMES = {"patch_AP50": "patch localisation AP50 (higher: learned)", "patch_AP": "patch localisation AP",
                   "feature_loss": "feature reconstruction loss (lower: learned)",
                   "AP": "AP vs held-out pseudo-labels (higher: learned)", "AP50": "AP50 vs held-out pseudo-labels",
@@ -183,7 +184,7 @@ def held_out(run_dir, args, weights, measure):
     return cached(os.path.join(run_dir, "held_out.json"), key, compute)
 
 
-DIAGNOSTICS_VERSION = 2  # part of the cache key: a cached result without a newer metric is redone
+DIAGNOSTICS_VERSION = 3  # part of the cache key: a cached result without a newer metric is redone
 
 
 def measure_decoder(opts, weights, args, handoff=False):
@@ -339,19 +340,24 @@ def table(args, results, held, handoff) -> str:
         finals = [r["final"] for r in per_seed.values()]
         cells = [mean_std([f[k] for f in finals]) for k in METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + " | " + ", ".join(f"{f['AP']:.2f}" for f in finals) + " |")
-    lines += ["", f"Does the decoder look at the image? On the first {args.held_out_images} images of {args.val}, "
-              "where fine-tuning starts (hand-off) and where it ends: the share of the last decoder layer's output "
-              "variance that is across images (the rest is across query slots); the mean |cosine| between two "
-              "encoder tokens of one image (1: every position alike); the learned queries' mean norm; the final "
-              "fine-tuning losses. Fine-tuned values are means over seeds.", "",
-              "| pretraining | hand-off: image share | hand-off: token cos | fine-tuned: image share | "
-              "fine-tuned: token cos | query norm | loss_ce | loss_bbox | loss_giou |",
+    lines += curve_table(args, results)
+    lines += ["", f"Does the detector look at the image? On the first {args.held_out_images} images of {args.val}, "
+              "where fine-tuning starts (hand-off) and where it ends (means over seeds): image share = the share of "
+              "the last decoder layer's output variance that is across images (the rest is across query slots); "
+              "token cos = mean |cosine| between two encoder tokens of one image / of two images (1: alike); "
+              "query norm = the learned queries' mean norm; the final fine-tuning losses.", "",
+              "| pretraining | hand-off: image share | token cos in / across images | query norm | "
+              "fine-tuned: image share | token cos in / across images | loss_ce | loss_bbox | loss_giou |",
               "|---|---|---|---|---|---|---|---|---|"]
     for arm, per_seed in results.items():
         diags = [r["diagnostics"] for r in per_seed.values()]
         start = handoff.get(arm, {})
-        cells = [f"{start.get(k, float('nan')):.3f}" for k in ("image_share", "memory_cosine")]
-        cells += [f"{np.mean([d.get(k, float('nan')) for d in diags]):.3f}" for k in DIAGNOSTICS]
+        end = {k: np.mean([d.get(k, float("nan")) for d in diags]) for k in DIAGNOSTICS}
+        cells = [f"{start.get('image_share', float('nan')):.2f}",
+                 f"{start.get('memory_cosine', float('nan')):.2f} / {start.get('memory_cross_cosine', float('nan')):.2f}",
+                 f"{start.get('query_norm', float('nan')):.1f}", f"{end['image_share']:.2f}",
+                 f"{end['memory_cosine']:.2f} / {end['memory_cross_cosine']:.2f}",
+                 *(f"{end[k]:.2f}" for k in ("loss_ce", "loss_bbox", "loss_giou"))]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if held:
         lines += ["", f"Pretext learned? Its own metric on the first {args.held_out_images} images of {args.val} "
@@ -364,6 +370,41 @@ def table(args, results, held, handoff) -> str:
     return "\n".join(lines)
 
 
+def curves_by_step(per_seed, metric="AP"):
+    """(iterations every seed evaluated at, array [seeds, iterations] of ``metric``)."""
+    curves = [{p["iteration"]: p[metric] for p in r["curve"]} for r in per_seed.values()]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return steps, np.array([[c[i] for i in steps] for c in curves])
+
+
+def curve_table(args, results) -> List[str]:
+    """AP at every evaluation, mean +- std over seeds, and each arm's difference to "none" in
+    units of the pooled seed std (sqrt of the mean of the two variances): > 2 is the bar
+    for "beats no pretraining"."""
+    if "none" not in results:
+        return []
+    base_steps, base = curves_by_step(results["none"])
+    lines = ["", "AP at equal fine-tuning iterations: mean +- std over seeds; in brackets the difference to "
+             "none in pooled seed standard deviations", "",
+             "| pretraining | " + " | ".join(f"{i} it" for i in base_steps) + " |",
+             "|---|" + "---|" * len(base_steps)]
+    for arm, per_seed in results.items():
+        steps, ap = curves_by_step(per_seed)
+        cells = []
+        for j, step in enumerate(base_steps):
+            if step not in steps:
+                cells.append("")
+                continue
+            a, b = ap[:, steps.index(step)], base[:, j]
+            cell = mean_std(a)
+            if arm != "none" and len(a) > 1 and len(b) > 1:
+                pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+                cell += f" ({(a.mean() - b.mean()) / pooled:+.1f})" if pooled > 0 else ""
+            cells.append(cell)
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot(args, results, path) -> None:
     import matplotlib
 
@@ -371,22 +412,23 @@ def plot(args, results, path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for arm, per_seed in results.items():
-        curves = [{p["iteration"]: p["AP"] for p in r["curve"]} for r in per_seed.values()]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        if not steps:
-            continue
-        ap = np.array([[c[i] for i in steps] for c in curves])
-        (line,) = ax.plot(steps, ap.mean(0), marker="o", label=f"{arm} (n={len(curves)})")
-        if len(curves) > 1:
-            ax.fill_between(steps, ap.min(0), ap.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("fine-tuning iterations")
-    ax.set_ylabel(f"COCO AP on {args.val} (%)")
-    ax.set_title(f"Fine-tuning on {args.train}: mean over seeds, band = min-max", fontsize="medium")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for ax, metric in zip(axes, ("AP", "AP50")):
+        for arm, per_seed in results.items():
+            steps, ap = curves_by_step(per_seed, metric)
+            if not steps:
+                continue
+            (line,) = ax.plot(steps, ap.mean(0), marker="o", label=f"{arm} (n={len(ap)})")
+            if len(ap) > 1:
+                ax.fill_between(steps, ap.min(0), ap.max(0), color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("fine-tuning iterations")
+        ax.set_ylabel(f"COCO {metric} on {args.val} (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.suptitle(f"Fine-tuning on {args.train} after each pretraining: mean over seeds, band = min-max",
+                 fontsize="medium")
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 

@@ -39,6 +39,9 @@ def test_variances_equal_a_direct_computation(model_and_inputs):
     unit = [m / m.norm(dim=-1, keepdim=True) for m in memory]
     pairs = [(u @ u.T).abs()[~torch.eye(len(u), dtype=torch.bool)].mean().item() for u in unit]
     assert got["memory_cosine"] == pytest.approx(np.mean(pairs), rel=1e-4)
+    # Across images: batches of 2, 2, 1 pair 0-1, 1-0, 2-3, 3-2; the lone last image has no partner.
+    cross = [(unit[i] @ unit[j].T).abs().mean().item() for i, j in ((0, 1), (1, 0), (2, 3), (3, 2))]
+    assert got["memory_cross_cosine"] == pytest.approx(np.mean(cross), rel=1e-4)
 
 
 def test_a_detector_blind_to_the_image_has_no_variance_across_images(model_and_inputs):
@@ -53,5 +56,6 @@ def test_a_detector_blind_to_the_image_has_no_variance_across_images(model_and_i
     # ... and its encoder (values from a zero input; positions enter queries and keys
     # only) gives every position the same token.
     assert got["memory_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert got["memory_cross_cosine"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="at least 2 images"):
         decoder_dependence(blind, inputs[:1])

@@ -15,7 +15,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS = ["none", "UP-DETR", "UP-DETR/encoder", "SimDETR", "pretext:mim_continuous"]
-DECODER = {"var_images", "var_queries", "image_share", "query_norm", "memory_norm", "memory_cosine"}
+DECODER = {"var_images", "var_queries", "image_share", "query_norm", "memory_norm", "memory_cosine",
+           "memory_cross_cosine"}
 DIAGNOSTICS = DECODER | {"loss_ce", "loss_bbox", "loss_giou"}
 HELD_OUT_KEYS = {"UP-DETR": {"patch_AP", "patch_AP50", "feature_loss"}, "SimDETR": {"AP", "AP50", "AP75"},
                  "pretext:mim_continuous": {"loss"}}
@@ -54,7 +55,7 @@ def test_small_benchmark_reports_every_arm_and_resumes(tmp_path):
         assert run["final"] == {k: run["curve"][-1][k] for k in ("AP", "AP50", "AP75")}
         assert all(0 <= v <= 100 for v in run["final"].values())
         assert set(run["diagnostics"]) == DIAGNOSTICS and all(math.isfinite(v) for v in run["diagnostics"].values())
-        assert f"| {arm} | " in table.split("Does the decoder look at the image?")[1].split("Pretext")[0]
+        assert f"| {arm} | " in table.split("Does the detector look at the image?")[1].split("Pretext")[0]
         handoff = results["handoff"][arm]
         assert set(handoff) == DECODER and all(math.isfinite(v) for v in handoff.values())
     # The encoder-only hand-off left the decoder, queries and heads fresh, and said so.
@@ -69,7 +70,7 @@ def test_small_benchmark_reports_every_arm_and_resumes(tmp_path):
             assert f"| {arm} | " in table.split("Pretext learned?")[1]
 
     image = np.asarray(Image.open(os.path.join(out, "ap_curves.png")).convert("RGB"))
-    assert image.shape == (450, 700, 3)
+    assert image.shape == (450, 1200, 3)
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 16  # axes, text and coloured lines
 
     # Every run is finished: the rerun runs no tool and recomputes no held-out metric.

@@ -22,14 +22,17 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
     - ``query_norm``: mean L2 norm of the positional queries (learned embeddings);
     - ``memory_norm``: mean L2 norm of the encoder memory tokens (padding excluded);
     - ``memory_cosine``: mean |cosine similarity| between two tokens of the same image's
-      memory (padding excluded; 1: every position says the same thing).
+      memory (padding excluded; 1: every position says the same thing);
+    - ``memory_cross_cosine``: the same between a token of one image and a token of
+      another (images paired within a batch; 1: every image gives the same tokens, e.g. an
+      encoder that has learned to output where a token is rather than what it shows).
     """
     if len(batched_inputs) < 2:
         raise ValueError("decoder_dependence needs at least 2 images (a variance across images)")
     was_training = model.training
     model.eval()
     last: List[torch.Tensor] = []
-    query_norms, memory_norms, cosines = [], [], []
+    query_norms, memory_norms, cosines, cross = [], [], [], []
     try:
         for start in range(0, len(batched_inputs), batch_size):
             state = model.run_phases(list(batched_inputs[start:start + batch_size]))
@@ -40,9 +43,10 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
             keep = ~state.memory.padding_mask if state.memory.padding_mask is not None else None
             norms = memory.norm(dim=-1)
             memory_norms.append(norms[keep].mean() if keep is not None else norms.mean())
-            for i in range(memory.shape[0]):
-                tokens = memory[i][keep[i]] if keep is not None else memory[i]
-                cosines.append(mean_abs_cosine(tokens))
+            tokens = [memory[i][keep[i]] if keep is not None else memory[i] for i in range(memory.shape[0])]
+            cosines += [mean_abs_cosine(t) for t in tokens]
+            if len(tokens) > 1:
+                cross += [mean_abs_cosine(t, tokens[(i + 1) % len(tokens)]) for i, t in enumerate(tokens)]
     finally:
         model.train(was_training)
     hs = torch.cat(last)  # [N, Q, d]
@@ -56,15 +60,23 @@ def decoder_dependence(model, batched_inputs: Sequence[Dict], batch_size: int = 
         "query_norm": torch.stack(query_norms).mean().item() if query_norms else nan,
         "memory_norm": torch.stack(memory_norms).mean().item(),
         "memory_cosine": torch.stack(cosines).mean().item(),
+        "memory_cross_cosine": torch.stack(cross).mean().item() if cross else nan,
     }
 
 
-def mean_abs_cosine(tokens: torch.Tensor, max_tokens: int = 1024) -> torch.Tensor:
-    """Mean |cos| over pairs of distinct rows of ``tokens`` [S, d] (an evenly spaced
-    subset of at most ``max_tokens`` rows: the pair matrix of a large level is S^2)."""
-    if tokens.shape[0] > max_tokens:
-        tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, max_tokens).long()]
-    unit = torch.nn.functional.normalize(tokens, dim=-1)
-    cos = (unit @ unit.T).abs()
+def mean_abs_cosine(tokens: torch.Tensor, others: torch.Tensor = None, max_tokens: int = 1024) -> torch.Tensor:
+    """Mean |cos| over pairs of distinct rows of ``tokens`` [S, d], or, given ``others``
+    [S', d], over every (row of tokens, row of others) pair. Each side is first cut to an
+    evenly spaced subset of at most ``max_tokens`` rows (the pair matrix of a large level
+    is S^2)."""
+    def unit(x):
+        if x.shape[0] > max_tokens:
+            x = x[torch.linspace(0, x.shape[0] - 1, max_tokens).long()]
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    a = unit(tokens)
+    if others is not None:
+        return (a @ unit(others).T).abs().mean()
+    cos = (a @ a.T).abs()
     n = cos.shape[0]
     return (cos.sum() - cos.diagonal().sum()) / max(n * (n - 1), 1)
