@@ -35,10 +35,11 @@ ignored), at initialisation and after pretraining, so a pretext that was never l
 pretraining and 600 fine-tuning iterations, evaluation every 150, seeds 1,2,3. Every budget
 has a flag. Each run is a tools/ run in its own folder under --output, skipped when finished
 and resumed (--resume) when killed; held-out metrics are cached in held_out.json next to their
-pretraining, and each fine-tuned model's diagnostics (does its decoder output vary with the image;
-its final losses) in diagnostics.json next to it. A changed budget needs a new --output. Writes results.json, table.md (the tables
-and the command line) and ap_curves.png (AP and AP50 against fine-tuning iterations, mean and
-min-max band over seeds).
+pretraining, and the diagnostics of each model where fine-tuning starts and ends (does the decoder
+output vary with the image, are the encoder tokens alike; final losses) in handoff_diagnostics.json
+and diagnostics.json. A changed budget needs a new --output. Writes results.json, table.md (the
+tables and the command line) and ap_curves.png (AP and AP50 against fine-tuning iterations, mean
+and min-max band over seeds).
 """
 import argparse
 import json
@@ -354,7 +355,7 @@ def table(args, results, held, handoff) -> str:
         start = handoff.get(arm, {})
         end = {k: np.mean([d.get(k, float("nan")) for d in diags]) for k in DIAGNOSTICS}
         cells = [f"{start.get('image_share', float('nan')):.2f}",
-                 f"{start.get('memory_cosine', float('nan')):.2f} / {start.get('memory_cross_cosine', float('nan')):.2f}",
+                 " / ".join(f"{start.get(k, float('nan')):.2f}" for k in ("memory_cosine", "memory_cross_cosine")),
                  f"{start.get('query_norm', float('nan')):.1f}", f"{end['image_share']:.2f}",
                  f"{end['memory_cosine']:.2f} / {end['memory_cross_cosine']:.2f}",
                  *(f"{end[k]:.2f}" for k in ("loss_ce", "loss_bbox", "loss_giou"))]
