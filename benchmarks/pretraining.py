@@ -3,7 +3,7 @@
 pretext is checked on held-out images, then every arm is fine-tuned on COCO128 train with
 the same schedule and seeds and evaluated on COCO128 val (not a test).
 
-    python benchmarks/pretraining.py --setting full        # ~5 hours on 2 CPU cores
+    python benchmarks/pretraining.py --setting full        # ~1.5 hours on 2 CPU cores
     python benchmarks/pretraining.py --setting small --unlabeled updetr_demo_unlabeled \\
         --train updetr_demo_train --val updetr_demo_val --num-classes 4 --output output/bench_pretraining_small
 
