@@ -1,6 +1,19 @@
 """Small builders shared by the model tests."""
+import importlib.util
+import os
+
 import torch
 from detectron2.structures import Boxes, Instances
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name):
+    """The script tools/<name>.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def fake_input(h, w, boxes, classes, seed=0):

@@ -2,7 +2,6 @@
 .pkl) load through DetrCheckpointer; unsafe pickles need an explicit flag; the
 project's own checkpoints load as before. Synthetic weights only, CPU."""
 import argparse
-import importlib.util
 import os
 import pickle
 
@@ -27,6 +26,8 @@ from updetr_d2.checkpoint import (
     convert_resnet_state_dict,
     load_checkpoint_file,
 )
+
+from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADS_FC = ["fc.weight", "fc.bias"]
@@ -388,16 +389,8 @@ def test_model_with_torchvision_names_gets_the_file_unconverted(tmp_path, tv_sta
 
 
 # --- the tool -------------------------------------------------------------------------------
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_backbone_weights", os.path.join(ROOT, "tools", "convert_backbone_weights.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convert_tool_writes_a_detectron2_checkpoint(tmp_path, tv_state, tv_features, capsys):
-    tool = load_tool()
+    tool = load_tool("convert_backbone_weights")
     src, dst = str(tmp_path / "moco.pth.tar"), str(tmp_path / "out" / "r50_d2.pth")
     ckpt = moco_checkpoint(tv_state)
     ckpt["args"] = argparse.Namespace(lr=0.03)

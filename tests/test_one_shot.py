@@ -1,7 +1,6 @@
 """One-shot detection (UP-DETR section 6): the query/target mapper, the AP50 protocol and
 one training step of a one-patch UpDetr."""
 import copy
-import importlib.util
 import math
 import os
 
@@ -20,6 +19,8 @@ from detectron2.utils.events import EventStorage
 from updetr_d2 import add_updetr_config
 from updetr_d2.data.mappers import MAPPER_REGISTRY, build_dataset_mapper
 from updetr_d2.methods.updetr import OneShotDatasetMapper, UpDetr, evaluate_one_shot
+
+from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.yaml")
@@ -352,9 +353,7 @@ def test_ap_is_computed_per_queried_pair():
 
 
 def test_one_shot_eval_tool_runs_a_real_model(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("one_shot_eval", os.path.join(ROOT, "tools", "one_shot_eval.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("one_shot_eval")
     cfg = one_shot_cfg()
     cfg_file = tmp_path / "one_shot.yaml"
     cfg_file.write_text(cfg.dump())

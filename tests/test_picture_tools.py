@@ -1,5 +1,4 @@
 """tools/plot_metrics.py (with updetr_d2.utils.plots) and tools/draw_detections.py."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ import updetr_d2  # noqa: F401
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from updetr_d2.utils.plots import DPI, FIGSIZE, loss_keys, plot_metrics, read_metrics
+
+from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DETR = os.path.join(ROOT, "configs", "demo", "detr_R18_demo.yaml")
@@ -127,11 +128,7 @@ def test_plot_metrics_cli(metrics_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def tool():
-    path = os.path.join(ROOT, "tools", "draw_detections.py")
-    spec = importlib.util.spec_from_file_location("draw_detections", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("draw_detections")
 
 
 def changed_mask(vis, image, tol=30):

@@ -1,5 +1,4 @@
 """tools/visualize_query_patches.py on demo unlabeled images with a tiny random UP-DETR."""
-import importlib.util
 import os
 import shutil
 
@@ -10,6 +9,8 @@ import pytest
 import updetr_d2  # noqa: F401
 from detectron2.data import DatasetCatalog
 
+from helpers import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "projects", "UPDETR", "configs", "updetr_R18_demo_pretrain.yaml")
 TINY = ["MODEL.DETR.HIDDEN_DIM", "32", "MODEL.DETR.NHEADS", "2", "MODEL.DETR.DIM_FEEDFORWARD", "64",
@@ -18,11 +19,7 @@ TINY = ["MODEL.DETR.HIDDEN_DIM", "32", "MODEL.DETR.NHEADS", "2", "MODEL.DETR.DIM
 
 @pytest.fixture(scope="module")
 def tool():
-    path = os.path.join(ROOT, "tools", "visualize_query_patches.py")
-    spec = importlib.util.spec_from_file_location("visualize_query_patches", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("visualize_query_patches")
 
 
 @pytest.fixture(scope="module")
