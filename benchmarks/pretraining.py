@@ -68,10 +68,8 @@ SETTINGS = {
     "full": dict(pretrain_iters=1000, finetune_iters=600, eval_period=150, seeds="1,2,3", held_out_images=32,
                  num_clusters=64, rounds=1, threads=0, updetr_handoffs="all,encoder,fresh-queries", input_opts=[]),
 }
-# What an UP-DETR fine-tuning arm does not take from the pretraining (MODEL.WEIGHTS_SKIP; the
-# pretext's class head, patch projection and feature head are never taken).
-HANDOFFS = {"all": (), "encoder": ("transformer.decoder.", "query_generator.query_embed.", "heads."),
-            "fresh-queries": ("query_generator.query_embed.",)}
+# The UP-DETR fine-tuning arms: what each does not take from the pretraining (handoff_skip).
+HANDOFFS = ("all", "encoder", "fresh-queries")
 METRICS = ("AP", "AP50", "AP75")
 DIAGNOSTICS = ("image_share", "memory_cosine", "memory_cross_cosine", "loss_ce", "loss_bbox", "loss_giou")
 HELD_OUT_NAMES = {"patch_AP50": "patch localisation AP50 (higher: learned)", "patch_AP": "patch localisation AP",
@@ -133,9 +131,18 @@ def slug(arm: str) -> str:
     return arm.replace(":", "_").replace("/", "_")
 
 
+def handoff_skip(handoff: str):
+    """MODEL.WEIGHTS_SKIP of a hand-off (the pretext's class head, patch projection and feature
+    head are never taken): "encoder" is the project's UP-DETR fine-tuning configs' own."""
+    # Imported here: torch must not load before main() has set OMP_NUM_THREADS.
+    from updetr_d2.methods.updetr.checkpoint import ENCODER_HANDOFF_SKIP
+
+    return {"all": (), "encoder": ENCODER_HANDOFF_SKIP, "fresh-queries": ("query_generator.query_embed.",)}[handoff]
+
+
 def handoff_opts(arm: str):
     """The fine-tuning overrides of an arm: UP-DETR/<handoff> skips parts of the weights."""
-    skip = HANDOFFS[arm.split("/", 1)[1]] if arm.startswith("UP-DETR/") else ()
+    skip = handoff_skip(arm.split("/", 1)[1]) if arm.startswith("UP-DETR/") else ()
     return ["MODEL.WEIGHTS_SKIP", repr(tuple(skip))] if skip else []
 
 
@@ -221,18 +228,14 @@ def diagnostics(run_dir, opts, args):
     weights = os.path.join(run_dir, "model_final.pth")
 
     def compute():
+        from updetr_d2.utils.plots import read_metrics
+
         found = measure_decoder(opts, weights, args)
-        logged = {}
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                for k in ("loss_ce", "loss_bbox", "loss_giou"):
-                    if k in record:
-                        logged.setdefault(k, []).append(record[k])
-        found.update({k: float(np.median(v[-5:])) for k, v in logged.items()})
+        records = read_metrics(run_dir)
+        for k in ("loss_ce", "loss_bbox", "loss_giou"):
+            logged = [r[k] for r in records if k in r]
+            if logged:
+                found[k] = float(np.median(logged[-5:]))
         return found
 
     key = [DIAGNOSTICS_VERSION, args.val, args.held_out_images, os.path.getmtime(weights)]
