@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Create (or bring up to date) the project's virtual environment:
 #   torch/torchvision, the runtime packages at the versions in
-#   requirements/constraints.txt, Detectron2 v0.6 (tools/build_detectron2.py,
-#   skipped when the environment already imports a Detectron2, e.g. a GPU build
-#   from git), panopticapi, pytest, and updetr_d2 itself (editable).
+#   requirements/constraints.txt, Detectron2 v0.6 (tools/build_detectron2.py;
+#   rebuilt when an earlier project build lacks today's source patches, skipped
+#   when the environment imports a Detectron2 built some other way, e.g. a GPU
+#   build from git), panopticapi, pytest, and updetr_d2 itself (editable).
 #
 # Idempotent: a stamp holding the hash of every input is written on success, and
 # a second run with the same inputs returns at once.
@@ -34,12 +35,20 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 echo "[install] runtime packages (torch first run: ~1-2 min)"
 pip_install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/test.txt
 
-if "$PY" -c "import detectron2" 2>/dev/null; then
-  echo "[install] using the Detectron2 already installed: $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
-else
-  echo "[install] Detectron2 v0.6 from the hash-pinned PyPI sdist (no C++ build)"
-  "$PY" tools/build_detectron2.py
+# missing | outdated (a project build of an older patch level) | current | foreign
+d2_state="$("$PY" tools/build_detectron2.py --state)"
+if [[ "$d2_state" == "foreign" ]] && ! "$PY" -c "import detectron2" 2>/dev/null; then
+  d2_state=missing  # found on the path but does not import: install ours
 fi
+case "$d2_state" in
+  current|foreign)
+    echo "[install] using the Detectron2 already installed ($d2_state): $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
+    ;;
+  *)
+    echo "[install] Detectron2 v0.6 from the hash-pinned PyPI sdist, patched, no C++ build ($d2_state before)"
+    "$PY" tools/build_detectron2.py
+    ;;
+esac
 
 if ! "$PY" -c "import panopticapi" 2>/dev/null; then
   # --no-deps: it declares numpy<2, which its evaluation code does not need.

@@ -8,6 +8,12 @@ does nothing otherwise, so a newer Detectron2 (e.g. a GPU build from git) is
 left untouched. ``APPLIED`` records which fixes took effect; each one is
 covered by ``tests/test_compat.py``.
 
+tools/build_detectron2.py makes the same fixes in the sources it installs (so
+that Detectron2 imports in any order, without ``updetr_d2``) and leaves a
+marker, ``BUILD_MARKER``, in the package: on such a build every fix below finds
+nothing to do (the Pillow and numpy ones read the marker, as they change other
+packages). The fixes stay for a Detectron2 v0.6 installed some other way.
+
 Other fixes are pins, in ``requirements/constraints.txt``:
 - ``setuptools<81``: ``detectron2.model_zoo`` imports ``pkg_resources``.
 
@@ -18,10 +24,28 @@ the C++ ops or caffe2 and raise when called.
 import importlib
 import inspect
 import os
+import re
 import sys
 import types
 
 APPLIED = []
+
+# Written into the detectron2 package by tools/build_detectron2.py (same name there).
+BUILD_MARKER = "_updetr_d2_build.txt"
+
+
+def project_build_level():
+    """The patch level of a Detectron2 built by tools/build_detectron2.py, read from its
+    marker; 0 for any other Detectron2 (its sources have none of the fixes)."""
+    import detectron2
+
+    try:
+        with open(os.path.join(os.path.dirname(detectron2.__file__), BUILD_MARKER)) as f:
+            text = f.read()
+    except OSError:
+        return 0
+    match = re.search(r"^patch_level:\s*(\d+)\s*$", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 class _MissingCompiledOps(types.ModuleType):
@@ -33,6 +57,7 @@ class _MissingCompiledOps(types.ModuleType):
     """
 
     __file__ = "<not built>"
+    HAS_COMPILED_OPS = False  # as the build's detectron2/_C.py says
 
     @staticmethod
     def get_compiler_version():
@@ -73,7 +98,7 @@ def _fix_pillow_linear():
     ``detectron2/data/transforms/transform.py`` (evaluated at import)."""
     from PIL import Image
 
-    if hasattr(Image, "LINEAR"):
+    if hasattr(Image, "LINEAR") or project_build_level() >= 1:
         return False
     Image.LINEAR = Image.BILINEAR
     return True
@@ -85,6 +110,8 @@ def _fix_numpy_aliases():
     the VOC loader. They were plain aliases of the builtins."""
     import numpy as np
 
+    if project_build_level() >= 1:
+        return False
     added = False
     for name, builtin in (("int", int), ("float", float), ("str", str), ("object", object)):
         if name not in np.__dict__:
@@ -112,12 +139,15 @@ def _fix_missing_compiled_ops():
 def _fix_coco_fast_eval():
     """``COCOEvaluator`` defaults to the compiled COCOeval; without ``_C`` use
     pycocotools' own, which computes the same numbers."""
-    if not isinstance(sys.modules.get("detectron2._C"), _MissingCompiledOps):
+    # getattr with a default: a real extension has no such flag.
+    if getattr(sys.modules.get("detectron2._C"), "HAS_COMPILED_OPS", True) is not False:
         return False
     from pycocotools.cocoeval import COCOeval
 
     from detectron2.evaluation import coco_evaluation
 
+    if coco_evaluation.COCOeval_opt is COCOeval:  # the build's patched sources already do
+        return False
     coco_evaluation.COCOeval_opt = COCOeval
     return True
 
