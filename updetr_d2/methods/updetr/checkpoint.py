@@ -1,6 +1,7 @@
 """UP-DETR's hand-off from pretraining to fine-tuning: when a detector without patch
-queries loads a pretraining checkpoint, everything loads except the patch projection,
-the feature head and the class head (the pretext's single "patch" class means nothing to
+queries (a ``Detr`` from ``UpDetr``, a ``DeformableDetr`` from ``DeformableUpDetr``) loads
+a pretraining checkpoint, everything loads except the patch projection, the feature head
+and the class head (the pretext's single "patch" class means nothing to
 the detector), as in the paper; what was dropped is logged."""
 import logging
 
@@ -18,6 +19,12 @@ PRETRAINING_ONLY_KEYS = ("query_generator.patch2query.", "feature_align.", "head
 # fresh init), and fine-tuning from it does not recover: COCO128 AP 0.04 +- 0.03 with it, 1.31 +-
 # 0.86 without it, 1.92 +- 1.09 from scratch (benchmarks/pretraining.py, README "UP-DETR").
 ENCODER_HANDOFF_SKIP = ("transformer.decoder.", "query_generator.query_embed.", "heads.")
+# The same for a Deformable DETR (from a DeformableUpDetr pretraining): its point queries also
+# hold the reference-point projection, trained on the query embeddings that start fresh, so it
+# starts fresh with them. The encoder's level embeddings (transformer.level_embed) load. A
+# separate list because MODEL.WEIGHTS_SKIP refuses a prefix naming nothing (DETR has no
+# reference points).
+DEFORMABLE_ENCODER_HANDOFF_SKIP = ENCODER_HANDOFF_SKIP + ("query_generator.reference_points.",)
 
 
 @register_checkpoint_rule

@@ -16,7 +16,7 @@ from ...config.registry import register_config, register_config_check
 __all__ = ["add_updetr_pretraining_config", "check_patches_fit_queries"]
 
 # Meta-architecture names whose queries are grouped by INPUT.QUERY_PATCH.NUM_PATCHES.
-_UPDETR_ARCHS = ("UpDetr", "UPDETR")
+_UPDETR_ARCHS = ("UpDetr", "UPDETR", "DeformableUpDetr")
 
 
 @register_config

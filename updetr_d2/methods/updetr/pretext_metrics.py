@@ -85,7 +85,7 @@ def feature_reconstruction_loss(outputs: Dict, targets: Sequence[Dict], matcher)
 @torch.no_grad()
 def held_out_patch_metrics(model, inputs: Sequence[Dict], batch_size: int = 4,
                            matcher: Optional[torch.nn.Module] = None) -> Dict[str, float]:
-    """``{"patch_AP", "patch_AP50", "feature_loss"}`` of an ``UpDetr`` on held-out inputs
+    """``{"patch_AP", "patch_AP50", "feature_loss"}`` of an ``UpDetr`` or ``DeformableUpDetr`` on held-out inputs
     (``QueryPatchDatasetMapper`` outputs: ``image``, ``patches``, ``instances`` whose box
     k is where patch k was cut, all in resized-image pixels).
 
@@ -105,7 +105,7 @@ def held_out_patch_metrics(model, inputs: Sequence[Dict], batch_size: int = 4,
             state = model.run_phases(batch)
             outputs = state.outputs
             groups = state.queries.meta["query_groups"].cpu().numpy()
-            scores = outputs["pred_logits"].softmax(-1)[..., 0].cpu().numpy()
+            scores = model.patch_scores(outputs["pred_logits"]).cpu().numpy()
             for i, ((h, w), x) in enumerate(zip(state.images.image_sizes, batch)):
                 scale = torch.tensor([w, h, w, h], dtype=torch.float32)
                 boxes = box_convert(outputs["pred_boxes"][i].cpu(), "cxcywh", "xyxy") * scale

@@ -55,18 +55,23 @@ def input_projections(in_channels: Sequence[int], hidden_dim: int, num_levels: i
     return nn.ModuleList(projections)
 
 
-def build_deformable_criterion(cfg, num_classes: Optional[int] = None) -> SetCriterion:
-    """Focal classification + L1/GIoU, matched with the focal class cost (Deformable DETR)."""
+def build_deformable_criterion(
+    cfg, num_classes: Optional[int] = None, extra_terms=(), extra_weights=None
+) -> SetCriterion:
+    """Focal classification + L1/GIoU, matched with the focal class cost (Deformable DETR);
+    methods append their own terms."""
     d, dd = cfg.MODEL.DETR, cfg.MODEL.DEFORMABLE_DETR
     num_classes = d.NUM_CLASSES if num_classes is None else num_classes
     matcher = HungarianMatcher(
         cost_class=d.CLASS_WEIGHT, cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT,
         class_cost_type="focal", focal_alpha=dd.FOCAL_ALPHA,
     )
+    weights = {"loss_focal": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
+    weights.update(extra_weights or {})
     return SetCriterion(
         matcher,
-        loss_terms=[LabelFocal(num_classes, alpha=dd.FOCAL_ALPHA), BoxL1GIoU()],
-        weight_dict={"loss_focal": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT},
+        loss_terms=[LabelFocal(num_classes, alpha=dd.FOCAL_ALPHA), BoxL1GIoU(), *extra_terms],
+        weight_dict=weights,
         aux_loss=d.DEEP_SUPERVISION,
     )
 
