@@ -2,7 +2,6 @@
 a ``tools/train_net.py`` run that is skipped once finished and resumed when killed, a
 training schedule, and the COCO AP of a run read back from its ``metrics.json`` (every
 evaluation, with its iteration) or its log (the last one)."""
-import json
 import os
 import re
 import subprocess
@@ -53,16 +52,17 @@ def ap_curve(metrics_path: str, max_iter: int) -> List[Dict[str, float]]:
     "AP": ..., ...}``. Detectron2 logs a periodic evaluation with the index of the
     iteration it followed (``period - 1``, ...) and the final one with ``max_iter``; after
     a resume the replayed iterations log again, and the last record of an iteration wins."""
-    if not os.path.exists(metrics_path):
+    # Imported here: updetr_d2 loads torch, which must wait until a benchmark's main() has
+    # set OMP_NUM_THREADS.
+    from updetr_d2.utils.plots import read_metrics
+
+    try:
+        records = read_metrics(metrics_path)
+    except (FileNotFoundError, ValueError):  # no run yet, or nothing written before a kill
         return []
     found = {}
-    with open(metrics_path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:  # a blank line, or one cut short by a kill
-                continue
-            if "bbox/AP" in record:
-                done = min(int(record["iteration"]) + 1, max_iter)
-                found[done] = {k: float(record[f"bbox/{k}"]) for k in AP_KEYS if f"bbox/{k}" in record}
+    for record in records:
+        if "bbox/AP" in record:
+            done = min(record["iteration"] + 1, max_iter)
+            found[done] = {k: float(record[f"bbox/{k}"]) for k in AP_KEYS if f"bbox/{k}" in record}
     return [dict(iteration=i, **found[i]) for i in sorted(found)]

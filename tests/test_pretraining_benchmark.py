@@ -82,3 +82,25 @@ def test_small_benchmark_reports_every_arm_and_resumes(tmp_path):
     assert "+ " not in second and "held-out metrics of" not in second, second[-3000:]
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["results"] == results["results"]
+
+
+def test_ap_curve_reads_metrics_like_plot_metrics(tmp_path):
+    """benchmarks/_common.py's ap_curve goes through updetr_d2.utils.plots.read_metrics: bad
+    lines skipped, a resumed iteration's last record wins; importing _common loads no torch
+    (a benchmark's main() sets OMP_NUM_THREADS first)."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import _common; "
+            "assert 'torch' not in sys.modules, 'torch loaded by _common'; "
+            "import json; print(json.dumps([_common.ap_curve(p, 4) for p in sys.argv[1:]]))")
+    metrics = tmp_path / "metrics.json"
+    lines = [{"iteration": 0, "total_loss": 3.0}, {"iteration": 1, "bbox/AP": 1.0, "bbox/AP50": 2.0},
+             {"iteration": 1, "bbox/AP": 5.0, "bbox/AP50": 6.0},  # the resumed run's evaluation
+             {"iteration": 3, "bbox/AP": 7.0, "bbox/AP50": 8.0, "bbox/AP75": 9.0}]
+    metrics.write_text("\n".join(json.dumps(r) for r in lines) + "\n\n" + json.dumps(lines[0])[:10])
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(metrics), str(tmp_path / "missing.json"), str(empty)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve, missing, nothing = json.loads(proc.stdout)
+    assert curve == [{"iteration": 2, "AP": 5.0, "AP50": 6.0}, {"iteration": 4, "AP": 7.0, "AP50": 8.0, "AP75": 9.0}]
+    assert missing == [] and nothing == []

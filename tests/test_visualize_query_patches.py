@@ -104,8 +104,33 @@ def test_folder_input_and_no_thumbnails(tool, images, tmp_path):
     for r in results:
         vis = cv2.imread(r["output"])
         assert r["offset"] == 0 and vis.shape == cv2.imread(r["file_name"]).shape
-    with pytest.raises(FileNotFoundError):
-        tool.list_inputs([str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--input .*missing: no such file or folder"):
+        run(tool, [str(tmp_path / "missing")], tmp_path / "vis")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images found"):
+        run(tool, [str(tmp_path / "empty")], tmp_path / "vis")
+
+
+def test_subfolders_are_searched_and_corrupt_files_skipped(tool, images, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(images[0], folder / "top.png")
+    shutil.copy(images[1], folder / "sub" / "nested.png")
+    bad = folder / "sub" / "bad.png"  # an image by its name only
+    bad.write_bytes(np.random.default_rng(0).integers(0, 255, 2048, dtype=np.uint8).tobytes())
+    results = run(tool, [str(folder)], tmp_path / "vis", "--no-thumbnails")
+    # sorted by relative path: sub/bad.png, sub/nested.png, top.png
+    assert [r["file_name"] for r in results] == [str(folder / "sub" / "nested.png"), str(folder / "top.png")]
+    assert sorted(os.listdir(tmp_path / "vis")) == ["nested.png", "top.png"]
+    out, err = capsys.readouterr()
+    assert f"2 images drawn, 1 skipped (unreadable): {bad}" in out
+    assert f"warning: {bad}: cannot read the image" in err
+
+    bad_only = tmp_path / "bad_only"
+    bad_only.mkdir()
+    shutil.copy(bad, bad_only / "bad.png")
+    with pytest.raises(SystemExit, match="none of the 1 input images could be read"):
+        run(tool, [str(bad_only)], tmp_path / "vis2")
 
 
 def test_more_patches_than_the_model_was_built_for_is_refused(tool, images, tmp_path):

@@ -14,13 +14,14 @@ format and resized as at test time (yaml: ``ResizeShortestEdge`` from ``INPUT.MI
 / ``MAX_SIZE_TEST``, as Detectron2's ``DefaultPredictor``; lazy: the test mapper's
 augmentations); the detections scoring above ``--threshold`` are drawn with Detectron2's
 ``Visualizer`` (class names from the first test dataset's ``thing_classes``, when it has
-them) to ``OUTPUT/<image name>.png``. Folders are searched recursively for
-.jpg/.jpeg/.png/.bmp/.webp files; an unreadable image is skipped with a warning.
+them) to ``OUTPUT/<image name>.png``. Folders are searched recursively for the image
+extensions of ``updetr_d2.data.IMAGE_EXTENSIONS`` (hidden files and folders left out); an
+unreadable image is skipped with a warning, and the skipped files are counted at the end.
 """
 import argparse
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import cv2
 import numpy as np
@@ -37,9 +38,9 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.checkpoint import DetrCheckpointer
 from updetr_d2.config import apply_lazy_overrides, load_yaml_config
+from updetr_d2.data import IMAGE_EXTENSIONS, list_image_files
+from updetr_d2.data.image_files import describe_skipped, try_read_image
 from updetr_d2.engine.launch import device_or_cpu, is_lazy_config
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def parse_args(argv=None):
@@ -53,26 +54,6 @@ def parse_args(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config overrides: KEY VALUE ... (yaml) or key=value ... (LazyConfig)")
     return parser.parse_args(argv)
-
-
-def list_images(paths: Sequence[str]) -> List[str]:
-    """Files given as such, and the images under the folders given (recursively, sorted)."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, dirs, names in os.walk(path):
-                dirs.sort()  # os.walk visits them in this order: a stable output order
-                found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-            files += found
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"--input {path}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"--input {' '.join(paths)}: no images found "
-                                f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)})")
-    return files
 
 
 def load_predictor(config_file: str, opts: Sequence[str], weights: str = "") -> Dict:
@@ -167,17 +148,21 @@ def main(argv=None) -> Dict:
     and ``skipped`` (the unreadable files)."""
     args = parse_args(argv)
     try:
-        files = list_images(args.input)
+        files = list_image_files(args.input)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: --input {e}")
+    if not files:
+        raise SystemExit(f"error: --input {' '.join(args.input)}: no images found ({'/'.join(IMAGE_EXTENSIONS)})")
+    try:
         predictor = load_predictor(args.config_file, args.opts, args.weights)
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}")
     os.makedirs(args.output, exist_ok=True)
     outputs, skipped, used = {}, [], set()
     for file_name in files:
-        try:
-            image = utils.read_image(file_name, format=predictor["image_format"])
-        except (OSError, ValueError, SyntaxError) as e:  # what PIL raises on a bad or cut-short file
-            print(f"warning: {file_name}: cannot read the image ({e}); skipped", file=sys.stderr)
+        image, error = try_read_image(file_name, format=predictor["image_format"])
+        if error:
+            print(f"warning: {file_name}: cannot read the image ({error}); skipped", file=sys.stderr)
             skipped.append(file_name)
             continue
         instances = predict(predictor, image)
@@ -189,7 +174,7 @@ def main(argv=None) -> Dict:
         shown = int((instances.scores > args.threshold).sum()) if instances.has("scores") else len(instances)
         print(f"{file_name} -> {out} ({shown} detection(s) above {args.threshold})")
         outputs[file_name] = out
-    print(f"{len(outputs)} images drawn, {len(skipped)} skipped (unreadable)")
+    print(f"{len(outputs)} images drawn, {len(skipped)} skipped (unreadable){describe_skipped(skipped)}")
     if not outputs:
         raise SystemExit(f"error: none of the {len(files)} input images could be read")
     return {"outputs": outputs, "skipped": skipped}

@@ -19,12 +19,14 @@ written to ``OUTPUT/<image name>.png`` shows, one colour per patch k:
 
 Everything is drawn in original-image pixels. Output size: the input image's width, and
 its height plus the strip's height (:func:`thumbnail_layout`; 0 with ``--no-thumbnails``).
+Folders are searched recursively for the extensions of ``updetr_d2.data.IMAGE_EXTENSIONS``;
+an unreadable image is skipped with a warning, and the skipped files are counted at the end.
 """
 import argparse
 import math
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import cv2
 import numpy as np
@@ -37,9 +39,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.config import load_yaml_config
+from updetr_d2.data import IMAGE_EXTENSIONS, list_image_files
+from updetr_d2.data.image_files import describe_skipped, try_read_image
 from updetr_d2.methods.updetr import QueryPatchDatasetMapper
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 GAP = 4  # pixels around the thumbnails
 MAX_THUMB = 96  # largest thumbnail side
 MIN_THUMB = 16  # smallest thumbnail side (thumbnails wrap to more rows below it)
@@ -48,7 +51,7 @@ MIN_THUMB = 16  # smallest thumbnail side (thumbnails wrap to more rows below it
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="an UP-DETR pretraining yaml config")
-    parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--num-patches", type=int, default=None,
                         help="query patches per image, at most (and by default) INPUT.QUERY_PATCH.NUM_PATCHES")
@@ -62,22 +65,6 @@ def setup_cfg(args):
     cfg = load_yaml_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
-
-
-def list_inputs(paths: Sequence[str]) -> List[str]:
-    """Image files of ``paths`` (folders: their images, sorted, not recursive)."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, f) for f in os.listdir(path)
-                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"--input {path}: no such file or folder")
-    if not files:
-        raise FileNotFoundError(f"no images found in {list(paths)}")
-    return files
 
 
 def thumbnail_layout(width: int, num_patches: int, patch_size: int) -> Dict[str, int]:
@@ -159,8 +146,10 @@ def draw(image_rgb: np.ndarray, patch_boxes, best, patches_rgb, thumbnails: bool
     return out, offset
 
 
-def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails: bool = True) -> Dict:
-    """Runs mapper and model on one image; returns the drawing and what it shows."""
+def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails: bool = True,
+                   image: np.ndarray = None) -> Dict:
+    """Runs mapper and model on one image; returns the drawing and what it shows. ``image``:
+    the file already read (RGB), or None to read it here."""
     data = mapper({"file_name": file_name, "image_id": image_id})
     h, w = data["height"], data["width"]
     rh, rw = data["image"].shape[1:]
@@ -174,7 +163,8 @@ def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails:
     patches = data["patches"].permute(0, 2, 3, 1).numpy()
     if mapper.image_format == "BGR":
         patches = patches[..., ::-1]
-    image = utils.read_image(file_name, format="RGB")
+    if image is None:
+        image = utils.read_image(file_name, format="RGB")
     vis, offset = draw(image, patch_boxes, best, np.ascontiguousarray(patches), thumbnails)
     return {"file_name": file_name, "image": vis, "offset": offset, "patch_boxes": patch_boxes,
             "best": best, "queries_per_patch": torch.bincount(groups, minlength=len(patch_boxes)).tolist(),
@@ -182,11 +172,17 @@ def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails:
 
 
 def main(argv=None) -> List[Dict]:
-    """Writes one PNG per input image; returns, per image, ``file_name``, ``output``,
+    """Writes one PNG per readable input image; returns, per image, ``file_name``, ``output``,
     ``offset`` (strip height: image row y is drawn at y + offset), ``patch_boxes`` and
     ``best`` (``(box, score)`` per patch), all in original-image pixels, and
     ``queries_per_patch`` (the size of each patch's query group)."""
     args = parse_args(argv)
+    try:
+        files = list_image_files(args.input)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: --input {e}")
+    if not files:
+        raise SystemExit(f"error: --input {' '.join(args.input)}: no images found ({'/'.join(IMAGE_EXTENSIONS)})")
     cfg = setup_cfg(args)
     built_for = cfg.INPUT.QUERY_PATCH.NUM_PATCHES
     num_patches = args.num_patches or built_for
@@ -203,9 +199,15 @@ def main(argv=None) -> List[Dict]:
     model.eval()
     mapper = build_mapper(cfg, num_patches, args.seed)
     os.makedirs(args.output, exist_ok=True)
-    results, used = [], set()
-    for i, file_name in enumerate(list_inputs(args.input)):
-        result = visualize_file(model, mapper, file_name, i, thumbnails=not args.no_thumbnails)
+    results, used, skipped = [], set(), []
+    for i, file_name in enumerate(files):
+        # Read before the mapper does, so that only a bad file is skipped, not an error of the model.
+        image, error = try_read_image(file_name, format="RGB")
+        if error:
+            print(f"warning: {file_name}: cannot read the image ({error}); skipped", file=sys.stderr)
+            skipped.append(file_name)
+            continue
+        result = visualize_file(model, mapper, file_name, i, thumbnails=not args.no_thumbnails, image=image)
         stem = os.path.splitext(os.path.basename(file_name))[0]
         name, n = stem, 1
         while name in used:  # same name in two input folders
@@ -216,6 +218,9 @@ def main(argv=None) -> List[Dict]:
         scores = ", ".join(f"{k}: {b[1]:.2f}" for k, b in enumerate(result["best"]) if b is not None)
         print(f"{file_name} -> {result['output']} (best scores {scores})")
         results.append(result)
+    print(f"{len(results)} images drawn, {len(skipped)} skipped (unreadable){describe_skipped(skipped)}")
+    if not results:
+        raise SystemExit(f"error: none of the {len(files)} input images could be read")
     return results
 
 

@@ -11,6 +11,7 @@ from .defaults import (
 )
 from .lazy_overrides import UnknownConfigKeyError, apply_lazy_overrides
 from .registry import register_config, register_config_check, registered_configs, run_config_checks
+from . import option_checks  # noqa: E402,F401  (registers the checks of impossible options)
 
 __all__ = [
     "UnknownConfigKeyError",

@@ -12,6 +12,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..checkpoint import DetrCheckpointer
+from .evaluation import apply_box_rule
 from .hooks import model_hooks
 
 logger = logging.getLogger("detectron2")
@@ -21,7 +22,7 @@ def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        model, instantiate(cfg.dataloader.test), apply_box_rule(instantiate(cfg.dataloader.evaluator))
     )
     if comm.is_main_process():
         print_csv_format(results)

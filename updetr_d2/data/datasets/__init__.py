@@ -1,4 +1,5 @@
-"""Datasets: the generated demo set, unlabeled image folders and the COCO128 subset.
+"""Datasets: the generated demo set, unlabeled image folders, the COCO128 subset and
+users' own COCO jsons.
 
 Importing this module registers the demo and COCO128 names in Detectron2's
 ``DatasetCatalog``; nothing is read or generated until a dataset is loaded.
@@ -12,11 +13,13 @@ from .demo import (
     register_demo_datasets,
 )
 from .unlabeled import ScanResult, load_unlabeled_folder, register_unlabeled_folder, scan_image_folder
+from .user_coco import CocoDatasetError, register_coco_json
 
 register_demo_datasets()
 register_coco128()
 
 __all__ = [
+    "CocoDatasetError",
     "DEMO_STUFF_CLASSES",
     "DEMO_THING_CLASSES",
     "ScanResult",
@@ -26,6 +29,7 @@ __all__ = [
     "ensure_demo_dataset",
     "load_unlabeled_folder",
     "register_coco128",
+    "register_coco_json",
     "register_demo_datasets",
     "register_unlabeled_folder",
     "scan_image_folder",

@@ -25,9 +25,11 @@ import logging
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
+
+from ..image_files import IMAGE_EXTENSIONS, is_image_file, normalize_extensions, walk_files
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +43,10 @@ __all__ = [
     "register_unlabeled_folder",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
+# Images more elongated than this (long side / short side) are skipped: resized for
+# training (long side at most MAX_SIZE_TRAIN, e.g. 1333) their short side would be about
+# 13 px or, for a 2x4000 strip, below one pixel, which fails in the data loader.
+MAX_ASPECT_RATIO = 100.0
 _EXIF_ORIENTATION = 274  # EXIF tag "Orientation", as in detectron2.data.detection_utils
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 _JPEG_EOI = b"\xff\xd9"
@@ -80,14 +84,6 @@ class ScanResult:
             f"{len(self.records)} images, {len(self.non_images)} non-image files skipped, "
             f"{len(self.unreadable)} unreadable"
         )
-
-
-def _normalize_extensions(extensions: Iterable[str]) -> Tuple[str, ...]:
-    out = []
-    for ext in extensions:
-        ext = ext.lower()
-        out.append(ext if ext.startswith(".") else "." + ext)
-    return tuple(out)
 
 
 def _jpeg_ends_with_eoi(f) -> bool:
@@ -153,7 +149,7 @@ def _exif_orientation(img: Image.Image, full_getexif: bool = True) -> Optional[i
     return exif.get(_EXIF_ORIENTATION)
 
 
-def probe_image(path: str, min_size: int = 1) -> Tuple[int, int]:
+def probe_image(path: str, min_size: int = 1, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Tuple[int, int]:
     """Checks that ``path`` is a usable image, without decoding it where possible.
 
     Returns:
@@ -204,21 +200,12 @@ def probe_image(path: str, min_size: int = 1) -> Tuple[int, int]:
         raise UnreadableImageError(
             f"image is {width}x{height} px, smaller than min_size={min_size} px"
         )
+    if max(width, height) > max_aspect_ratio * min(width, height):
+        raise UnreadableImageError(
+            f"image is {width}x{height} px, more elongated than max_aspect_ratio={max_aspect_ratio:g} "
+            "(resized for training its short side would vanish)"
+        )
     return height, width
-
-
-def _list_files(folder: str) -> List[str]:
-    """All non-hidden files under ``folder`` (absolute paths), sorted by relative
-    path. Hidden directories and hidden files (name starting with ".") are
-    skipped; symlinked directories are not followed."""
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in filenames:
-            if not fn.startswith("."):
-                paths.append(os.path.join(dirpath, fn))
-    paths.sort(key=lambda p: os.path.relpath(p, folder).split(os.sep))
-    return paths
 
 
 def scan_image_folder(
@@ -226,6 +213,7 @@ def scan_image_folder(
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     min_size: int = 1,
     num_workers: int = 8,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
 ) -> ScanResult:
     """Finds the images under ``folder``, recursively, and checks each one.
 
@@ -235,6 +223,8 @@ def scan_image_folder(
             with other extensions are listed in ``non_images``.
         min_size: images whose height or width is below this many pixels are
             reported unreadable.
+        max_aspect_ratio: images whose long side exceeds this many times their short
+            side are reported unreadable (too thin to resize).
         num_workers: threads used to check files (the checks are I/O bound);
             the result does not depend on it.
 
@@ -247,19 +237,20 @@ def scan_image_folder(
         raise FileNotFoundError(f"Image folder '{folder}' does not exist.")
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"'{folder}' is not a folder.")
-    extensions = _normalize_extensions(extensions)
+    extensions = normalize_extensions(extensions)
 
     result = ScanResult()
     candidates = []
-    for path in _list_files(folder):
-        if os.path.splitext(path)[1].lower() in extensions:
+    # Not list_image_files: the same walk also gives the non-image files to report.
+    for path in walk_files(folder):
+        if is_image_file(path, extensions):
             candidates.append(path)
         else:
             result.non_images.append(path)
 
     def check(path):
         try:
-            return probe_image(path, min_size), None
+            return probe_image(path, min_size, max_aspect_ratio), None
         except UnreadableImageError as e:
             return None, str(e)
 

@@ -1,6 +1,7 @@
 """Dataset mappers selectable by name from a yaml config (``INPUT.DATASET_MAPPER``)."""
-from detectron2.data import DatasetMapper
 from detectron2.utils.registry import Registry
+
+from .dataset_mapper import DatasetMapper
 
 MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 MAPPER_REGISTRY.__doc__ = """
@@ -11,7 +12,8 @@ MAPPER_REGISTRY.register(DatasetMapper)
 
 
 def build_dataset_mapper(cfg, is_train: bool):
-    """The mapper named by ``cfg.INPUT.DATASET_MAPPER`` (Detectron2's ``DatasetMapper`` by default)."""
+    """The mapper named by ``cfg.INPUT.DATASET_MAPPER`` (``DatasetMapper``, Detectron2's reading images
+    through the project's reader, by default)."""
     name = cfg.INPUT.DATASET_MAPPER
     try:
         mapper_cls = MAPPER_REGISTRY.get(name)

@@ -4,15 +4,16 @@ DETR (Carion et al. 2020) trains with a horizontal flip, then with probability 1
 a multi-scale resize, otherwise a resize to a short side in {400, 500, 600}, a random
 crop of 384-600 px and the multi-scale resize. Everything else (image reading, box
 and mask transforms, dropping crowd annotations and boxes a crop removed) is
-Detectron2's ``DatasetMapper``.
+Detectron2's ``DatasetMapper`` (through :mod:`.dataset_mapper`: the project's image reader,
+degenerate boxes dropped).
 """
 from typing import List, Optional, Sequence
 
 import numpy as np
-from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
 from .build import MAPPER_REGISTRY
+from .dataset_mapper import DatasetMapper
 
 
 class RandomChoiceAugmentation(T.Augmentation):

@@ -124,6 +124,13 @@ class PseudoLabelDatasetMapper(DetrDatasetMapper):
         self._stamp = None
         self._targets: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
 
+    @property
+    def uses_dataset_labels(self) -> bool:
+        """Whether the records' own annotations are the targets (read by the input checks,
+        which then compare the dataset's classes with the model's): not while serving
+        pseudo-labels."""
+        return self.rounds is None or not self.is_train
+
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)

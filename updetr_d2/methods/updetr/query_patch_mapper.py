@@ -35,6 +35,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from ...data.images import read_image
 from ...data.mappers import MAPPER_REGISTRY
 from .patch_augmentation import augment_patches
 from .patch_sampling import crop_and_resize_patches, sample_patch_boxes
@@ -245,7 +246,7 @@ def read_image_file(file_name: str, image_format: str) -> np.ndarray:
     """HxWx3 uint8 in ``image_format``; ``ValueError`` naming the file if it cannot be
     decoded (so that a bad file in a large folder can be found)."""
     try:
-        return utils.read_image(file_name, format=image_format)
+        return read_image(file_name, format=image_format)  # 16-bit / alpha images scaled, not clipped
     except Exception as e:
         raise ValueError(f"Cannot read image {file_name}: {type(e).__name__}: {e}") from e
 
