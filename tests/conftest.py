@@ -3,4 +3,4 @@ cache. It must be set before ``updetr_d2`` is imported (registration resolves th
 import os
 import tempfile
 
-os.environ.setdefault("UPDETR_DEMO_ROOT", os.path.join(tempfile.gettempdir(), "updetr_d2_test_demo_v1"))
+os.environ.setdefault("UPDETR_DEMO_ROOT", os.path.join(tempfile.gettempdir(), "updetr_d2_test_demo_v2"))

@@ -22,13 +22,13 @@ from updetr_d2.data.datasets.demo import (
 )
 
 K = len(DEMO_THING_CLASSES)
-COUNTS = {"train": 32, "val": 16, "unlabeled": 32}
+COUNTS = {"train": 192, "val": 16, "unlabeled": 32}
 LABELED = ("train", "val")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return ensure_demo_dataset(str(tmp_path_factory.mktemp("demo") / "demo_v1"))
+    return ensure_demo_dataset(str(tmp_path_factory.mktemp("demo") / "demo_v2"))
 
 
 @pytest.fixture
@@ -88,7 +88,9 @@ def test_layout(root):
         assert sum(p.startswith(f"annotations/panoptic_{split}/") for p in files) == COUNTS[split]
     assert "annotations/image_info_unlabeled.json" in files
     assert demo.MARKER in files
-    assert len(files) == 80 + 48 + 5 + 1
+    images = sum(COUNTS.values())
+    panoptic_pngs = COUNTS["train"] + COUNTS["val"]
+    assert len(files) == images + panoptic_pngs + 5 + 1  # + 5 jsons + the marker
     # the rename left nothing beside the dataset
     assert os.listdir(os.path.dirname(root)) == [os.path.basename(root)]
 
@@ -110,7 +112,7 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path):
 
 def test_root_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv(demo.ENV_VAR, raising=False)
-    assert demo.demo_root() == os.path.expanduser("~/.cache/updetr_d2/demo_v1")
+    assert demo.demo_root() == os.path.expanduser("~/.cache/updetr_d2/demo_v2")
     monkeypatch.setenv(demo.ENV_VAR, str(tmp_path / "env"))
     assert demo.demo_root() == str(tmp_path / "env")
     assert demo.demo_root(str(tmp_path / "arg")) == str(tmp_path / "arg")
@@ -285,4 +287,4 @@ def test_registered_datasets_load(root, registered):
 def test_cli(root, capsys):
     demo.main(["--root", root])
     out = capsys.readouterr().out
-    assert root in out and "train: 32 images" in out and "unlabeled: 32 images" in out
+    assert root in out and "train: 192 images" in out and "unlabeled: 32 images" in out

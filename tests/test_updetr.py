@@ -133,7 +133,13 @@ def test_model_given_fewer_patches_decodes_only_their_groups():
     """8 queries in 4 groups of 2: 2 patches -> the 4 queries of groups 0-1, with the
     predictions they have when all 4 patches are given (the groups cannot see each other)."""
     torch.manual_seed(0)
-    model = build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4})).eval()
+    model = build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4}))
+    check_fewer_patches_decode_only_their_groups(model)
+
+
+def check_fewer_patches_decode_only_their_groups(model):
+    """``model``: an UP-DETR of any detector built with 8 queries for 4 patches."""
+    model.eval()
     assert model.query_generator.num_patches == 4
     full = patch_input(num_patches=4, seed=3)
     two = dict(full, patches=full["patches"][:2])

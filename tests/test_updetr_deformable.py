@@ -23,7 +23,7 @@ from updetr_d2.methods.updetr.groups import updetr_group_mask
 from updetr_d2.modeling import DeformableDetr, LearnedPointQueries
 from updetr_d2.solver import build_optimizer
 
-from test_updetr import patch_input
+from test_updetr import check_fewer_patches_decode_only_their_groups, patch_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPDETR_CONFIGS = os.path.join(ROOT, "projects", "UPDETR", "configs")
@@ -148,24 +148,9 @@ def test_changing_one_patch_changes_only_its_group():
 
 def test_fewer_patches_decode_only_the_first_groups():
     """8 queries in 4 groups of 2, given 2 patches: the 4 queries of groups 0-1, with the
-    outputs they have when all 4 patches are given."""
+    outputs they have when all 4 patches are given (the same check as UpDetr's)."""
     torch.manual_seed(0)
-    model = build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4})).eval()
-    full = patch_input(num_patches=4, seed=3)
-    two = dict(full, patches=full["patches"][:2])
-    with torch.no_grad():
-        state_full, state_two = model.run_phases([full]), model.run_phases([two])
-        result = model([two])[0]["instances"]
-    assert state_two.queries.meta["query_groups"].tolist() == [0, 0, 1, 1]
-    assert state_two.outputs["pred_boxes"].shape == (1, 4, 4)
-    for key in ("pred_boxes", "pred_logits"):
-        torch.testing.assert_close(state_two.outputs[key], state_full.outputs[key][:, :4], rtol=0, atol=1e-5)
-    assert result.pred_classes.tolist() == [0, 0, 1, 1]
-    model.train()
-    two["instances"] = full["instances"][:2]
-    with EventStorage():
-        losses = model([two])
-    assert all(torch.isfinite(v) for v in losses.values())
+    check_fewer_patches_decode_only_their_groups(build_model(tiny(**{"INPUT.QUERY_PATCH.NUM_PATCHES": 4})))
 
 
 def test_inference_scores_are_patch_probabilities_and_classes_are_groups():

@@ -38,8 +38,7 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.checkpoint import DetrCheckpointer
 from updetr_d2.config import apply_lazy_overrides, load_yaml_config
-from updetr_d2.data import IMAGE_EXTENSIONS, list_image_files
-from updetr_d2.data.image_files import describe_skipped, try_read_image
+from updetr_d2.data.image_files import describe_skipped, list_input_images, try_read_image
 from updetr_d2.engine.launch import device_or_cpu, is_lazy_config
 
 
@@ -147,12 +146,7 @@ def main(argv=None) -> Dict:
     """Writes one PNG per readable image; returns ``outputs`` (input file -> PNG written)
     and ``skipped`` (the unreadable files)."""
     args = parse_args(argv)
-    try:
-        files = list_image_files(args.input)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: --input {e}")
-    if not files:
-        raise SystemExit(f"error: --input {' '.join(args.input)}: no images found ({'/'.join(IMAGE_EXTENSIONS)})")
+    files = list_input_images(args.input)
     try:
         predictor = load_predictor(args.config_file, args.opts, args.weights)
     except FileNotFoundError as e:

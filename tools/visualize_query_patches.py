@@ -39,8 +39,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.config import load_yaml_config
-from updetr_d2.data import IMAGE_EXTENSIONS, list_image_files
-from updetr_d2.data.image_files import describe_skipped, try_read_image
+from updetr_d2.data.image_files import describe_skipped, list_input_images, try_read_image
 from updetr_d2.methods.updetr import QueryPatchDatasetMapper
 
 GAP = 4  # pixels around the thumbnails
@@ -177,12 +176,7 @@ def main(argv=None) -> List[Dict]:
     ``best`` (``(box, score)`` per patch), all in original-image pixels, and
     ``queries_per_patch`` (the size of each patch's query group)."""
     args = parse_args(argv)
-    try:
-        files = list_image_files(args.input)
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: --input {e}")
-    if not files:
-        raise SystemExit(f"error: --input {' '.join(args.input)}: no images found ({'/'.join(IMAGE_EXTENSIONS)})")
+    files = list_input_images(args.input)
     cfg = setup_cfg(args)
     built_for = cfg.INPUT.QUERY_PATCH.NUM_PATCHES
     num_patches = args.num_patches or built_for

@@ -13,6 +13,7 @@ __all__ = [
     "describe_skipped",
     "is_image_file",
     "list_image_files",
+    "list_input_images",
     "normalize_extensions",
     "try_read_image",
     "walk_files",
@@ -95,6 +96,19 @@ def list_image_files(
             if key not in seen:
                 seen.add(key)
                 files.append(p)
+    return files
+
+
+def list_input_images(paths: Sequence[PathLike], option: str = "--input") -> List[str]:
+    """:func:`list_image_files` for a tool's ``option``: a missing path, or no image at
+    all, is a ``SystemExit`` naming the option and the paths."""
+    try:
+        files = list_image_files(paths)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {option} {e}")
+    if not files:
+        shown = " ".join(os.fspath(p) for p in paths)
+        raise SystemExit(f"error: {option} {shown}: no images found ({'/'.join(IMAGE_EXTENSIONS)})")
     return files
 
 

@@ -2,9 +2,9 @@
 
 No download: it is made on first use in a few seconds, byte-identical on every run.
 :func:`register_demo_datasets` registers ``{prefix}_train`` / ``_val`` (COCO instances,
-32 / 16 images), ``{prefix}_panoptic_train`` / ``_val`` (COCO panoptic, same images) and
+192 / 16 images), ``{prefix}_panoptic_train`` / ``_val`` (COCO panoptic, same images) and
 ``{prefix}_unlabeled`` (32 images), with ``prefix="updetr_demo"``. Files under
-:func:`demo_root` (``$UPDETR_DEMO_ROOT``, else ``~/.cache/updetr_d2/demo_v1``)::
+:func:`demo_root` (``$UPDETR_DEMO_ROOT``, else ``~/.cache/updetr_d2/demo_v2``)::
 
     images/{split}/000000.png                 split: train, val, unlabeled
     annotations/instances_{split}.json        COCO instances (train, val)
@@ -38,10 +38,12 @@ DEMO_STUFF_CLASSES = ["sky", "ground"]
 DEMO_THING_COLORS = [[220, 20, 60], [0, 114, 189], [237, 177, 32], [119, 172, 48]]
 DEMO_STUFF_COLORS = [[135, 206, 235], [139, 105, 60]]
 ENV_VAR = "UPDETR_DEMO_ROOT"
-VERSION = "demo_v1"
+# v2: 192 train images (v1: 32, the first 32 of v2), enough for a detector to generalise
+# to the val images within the demo's minutes; val and unlabeled are unchanged.
+VERSION = "demo_v2"
 MARKER = ".complete"
 
-SPLITS = {"train": (32, 1001), "val": (16, 2002), "unlabeled": (32, 3003)}  # (images, seed)
+SPLITS = {"train": (192, 1001), "val": (16, 2002), "unlabeled": (32, 3003)}  # (images, seed)
 LABELED_SPLITS = ("train", "val")
 _SIZES = [(320, 256), (256, 320), (320, 240), (288, 288)]  # (width, height)
 _EMPTY_TRAIN_IMAGE = 3  # train image drawn without shapes: loaders must cope with it
@@ -299,7 +301,7 @@ def _generate_split(tmp: str, split: str, pool: ThreadPoolExecutor) -> None:
 # ----------------------------------------------------------------------------- API
 def demo_root(root: Optional[str] = None) -> str:
     """The dataset folder: ``root``, else ``$UPDETR_DEMO_ROOT``, else
-    ``~/.cache/updetr_d2/demo_v1``, made absolute."""
+    ``~/.cache/updetr_d2/demo_v2``, made absolute."""
     root = root or os.environ.get(ENV_VAR) or os.path.join("~", ".cache", "updetr_d2", VERSION)
     return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
@@ -437,7 +439,7 @@ def register_demo_datasets(root: Optional[str] = None, prefix: str = "updetr_dem
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Generate the updetr_d2 demo dataset.")
     parser.add_argument("--root", default=None, help=f"target folder (default: ${ENV_VAR} "
-                        "or ~/.cache/updetr_d2/demo_v1)")
+                        "or ~/.cache/updetr_d2/demo_v2)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     root = ensure_demo_dataset(args.root)
