@@ -36,6 +36,18 @@ def test_the_query_patch_mapper_reads_through_the_same_reader(tmp_path):
     np.testing.assert_array_equal(read_image_file(path, "RGB")[..., 0], np.rint(GRADIENT / 257.0))
 
 
+def test_the_picture_tools_read_through_the_same_reader(tmp_path):
+    """draw_detections and the query-patch visualiser feed what try_read_image returns to
+    the model: it must be what the mappers read, not Detectron2's near-white image."""
+    from updetr_d2.data.image_files import try_read_image
+
+    path = str(tmp_path / "depth.png")
+    Image.fromarray(GRADIENT).save(path)
+    image, error = try_read_image(path, format="RGB")
+    assert error is None
+    np.testing.assert_array_equal(image[..., 0], np.rint(GRADIENT / 257.0))
+
+
 @pytest.mark.parametrize("make,expected", [
     # 32-bit integer samples are 16-bit ones here too
     (lambda: Image.fromarray(np.full((4, 4), 65535, np.int32), "I"), 255),

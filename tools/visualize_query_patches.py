@@ -34,12 +34,12 @@ import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registration, before Detectron2 is used)
 from updetr_d2.checkpoint import DetrCheckpointer
-from detectron2.data import detection_utils as utils
 from detectron2.modeling import build_model
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from updetr_d2.config import load_yaml_config
 from updetr_d2.data.image_files import describe_skipped, list_input_images, try_read_image
+from updetr_d2.data.images import read_image
 from updetr_d2.methods.updetr import QueryPatchDatasetMapper
 
 GAP = 4  # pixels around the thumbnails
@@ -163,7 +163,7 @@ def visualize_file(model, mapper, file_name: str, image_id: int = 0, thumbnails:
     if mapper.image_format == "BGR":
         patches = patches[..., ::-1]
     if image is None:
-        image = utils.read_image(file_name, format="RGB")
+        image = read_image(file_name, format="RGB")
     vis, offset = draw(image, patch_boxes, best, np.ascontiguousarray(patches), thumbnails)
     return {"file_name": file_name, "image": vis, "offset": offset, "patch_boxes": patch_boxes,
             "best": best, "queries_per_patch": torch.bincount(groups, minlength=len(patch_boxes)).tolist(),

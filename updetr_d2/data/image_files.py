@@ -5,7 +5,8 @@ import os
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from detectron2.data.detection_utils import read_image
+
+from .images import read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -113,7 +114,8 @@ def list_input_images(paths: Sequence[PathLike], option: str = "--input") -> Lis
 
 
 def try_read_image(file_name: str, format: Optional[str] = None) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """``(image, None)`` as :func:`detectron2.data.detection_utils.read_image` reads it, or
+    """``(image, None)`` as the project's mappers read it (:func:`.images.read_image`: 16-bit
+    and other modes converted as in training), or
     ``(None, reason)`` when the file cannot be read as an image (corrupt, cut short, not
     an image), so that a tool going through many files can skip it and go on."""
     try:
