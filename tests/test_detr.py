@@ -87,7 +87,8 @@ def test_inference_returns_instances_in_input_coordinates():
         (out,) = model(inputs)
     inst = out["instances"]
     assert inst.image_size == (128, 192)
-    assert len(inst) <= 7 and set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+    assert len(inst) <= 7 and set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "query_index"}
+    assert inst.query_index.tolist() == sorted(set(inst.query_index.tolist()))  # one detection per query
     boxes = inst.pred_boxes.tensor
     assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= 192).all()
     assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= 128).all()

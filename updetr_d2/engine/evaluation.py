@@ -1,10 +1,23 @@
 """Pick Detectron2's evaluator from a dataset's ``evaluator_type`` metadata, with the
-COCO ground truth under the training side's box rule."""
+COCO ground truth under the training side's box rule.
+
+A panoptic dataset (``coco_panoptic_seg``) is scored twice: PQ by Detectron2's
+``COCOPanopticEvaluator`` when the model gives ``"panoptic_seg"``, and box (and, with
+``pred_masks``, segm) AP of its thing classes by ``COCOEvaluator`` on the dataset's
+instances json. A detector trained on panoptic targets also detects stuff classes, which
+have no instance ground truth: they are left out of the AP, and a model without panoptic
+output (the box stage of the two-stage recipe) is scored by its AP alone.
+"""
 import logging
 import os
+from collections import OrderedDict
+
+import torch
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 
 from ..data.checks import filter_coco_ground_truth
 
@@ -39,9 +52,69 @@ def build_evaluator(dataset_name: str, output_dir: str = None):
     if evaluator_type == "coco":
         return apply_box_rule(COCOEvaluator(dataset_name, output_dir=output_dir))
     if evaluator_type == "coco_panoptic_seg":
-        return DatasetEvaluators([COCOPanopticEvaluator(dataset_name, output_dir)])
+        evaluators = [PanopticQualityEvaluator(dataset_name, output_dir)]
+        if MetadataCatalog.get(dataset_name).get("json_file", None):
+            evaluators.append(apply_box_rule(ThingInstancesEvaluator(dataset_name, output_dir=output_dir)))
+        return DatasetEvaluators(evaluators)
     raise ValueError(
         f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r} in its metadata; "
         "updetr_d2 evaluates 'coco' and 'coco_panoptic_seg' datasets. Set DATASETS.TEST "
         "to datasets with labels (an unlabeled folder cannot be evaluated)."
     )
+
+
+class PanopticQualityEvaluator(DatasetEvaluator):
+    """Detectron2's ``COCOPanopticEvaluator`` for models that give ``"panoptic_seg"``;
+    for one that does not (a detector's box stage), no PQ and one log line instead of a
+    KeyError."""
+
+    def __init__(self, dataset_name: str, output_dir: str = None):
+        self._inner = COCOPanopticEvaluator(dataset_name, output_dir)
+        self._dataset_name = dataset_name
+        self._seen = 0
+
+    def reset(self):
+        self._inner.reset()
+        self._seen = 0
+
+    def process(self, inputs, outputs):
+        if all("panoptic_seg" in o for o in outputs):
+            self._inner.process(inputs, outputs)
+            self._seen += len(outputs)
+
+    def evaluate(self):
+        if sum(comm.all_gather(self._seen)) == 0:
+            logger.info("Evaluation of '%s': the model gives no panoptic_seg, so no PQ (box AP only)",
+                        self._dataset_name)
+            return OrderedDict()
+        return self._inner.evaluate()
+
+
+class ThingInstancesEvaluator(COCOEvaluator):
+    """``COCOEvaluator`` on a panoptic dataset's instances json: the detections of stuff
+    classes are dropped (they have no instance ground truth) and the class names are
+    those of the thing classes in the json (a panoptic registration such as Detectron2's
+    ``coco_2017_val_panoptic`` lists every class as ``thing_classes``)."""
+
+    def __init__(self, dataset_name: str, **kwargs):
+        super().__init__(dataset_name, **kwargs)
+        meta = self._metadata
+        things = dict(meta.thing_dataset_id_to_contiguous_id)
+        categories = {c["id"]: c["name"] for c in self._coco_api.loadCats(self._coco_api.getCatIds())}
+        self._thing_ids = set(things.values())
+        self._metadata = Metadata(
+            name=meta.name,
+            json_file=meta.json_file,
+            thing_dataset_id_to_contiguous_id=things,
+            thing_classes=[categories.get(i, str(i)) for i in sorted(things)],
+        )
+
+    def process(self, inputs, outputs):
+        kept = []
+        for output in outputs:
+            if "instances" in output:
+                instances = output["instances"]
+                is_thing = [int(c) in self._thing_ids for c in instances.pred_classes.tolist()]
+                output = dict(output, instances=instances[torch.tensor(is_thing, dtype=torch.bool)])
+            kept.append(output)
+        super().process(inputs, kept)

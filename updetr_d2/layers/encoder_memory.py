@@ -19,6 +19,8 @@ class EncoderMemory:
     pos: [B, S, d] position embedding of each position (None when not kept).
     valid_ratios: [B, L, 2], the valid (w, h) fraction of each level (deformable
         attention's normaliser; None for single-level DETR).
+    sources: every level's encoder *input*, [B, d, H, W] each (the projected backbone
+        levels; DETR's mask head reads them next to the memory); set by the detector.
     """
 
     memory: Tensor
@@ -27,6 +29,7 @@ class EncoderMemory:
     level_start_index: Tensor
     pos: Optional[Tensor] = None
     valid_ratios: Optional[Tensor] = None
+    sources: Optional[List[Tensor]] = None
 
     @property
     def num_levels(self) -> int:

@@ -258,6 +258,17 @@ class SetCriterion(nn.Module):
     def extra_repr(self) -> str:
         return f"weight_dict={self.weight_dict}, aux_loss={self.aux_loss}"
 
+    def add_loss_term(self, term: LossTerm, weights: Mapping[str, float]) -> None:
+        """Append ``term`` with the weights of its keys (a plug-in's head, e.g. masks);
+        a name or key the criterion already has is an error, not an override."""
+        if term.name in {t.name for t in self.loss_terms}:
+            raise ValueError(f"SetCriterion already has a loss term named {term.name!r}")
+        clash = sorted(set(weights) & set(self.weight_dict))
+        if clash:
+            raise ValueError(f"SetCriterion already weights {clash}; loss term {term.name!r} cannot redefine them")
+        self.loss_terms.append(term)
+        self.weight_dict.update(weights)
+
     @staticmethod
     def get_num_boxes(targets: Sequence[Dict[str, Tensor]], device) -> float:
         """Target boxes per worker, averaged over workers (see :func:`average_over_workers`); at least 1."""

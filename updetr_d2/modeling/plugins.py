@@ -13,7 +13,11 @@ under ``plugins.<i>.``) that the meta-architecture calls at fixed points of its 
   (``state.decoded``, ``state.outputs``); e.g. a mask head;
 * ``losses(model, state) -> dict``: extra weighted ``loss_*`` terms (training only),
   merged into the model's losses; a key that is already there is an error;
-* ``training_hooks() -> list``: Detectron2 hooks both training loops register.
+* ``training_hooks() -> list``: Detectron2 hooks both training loops register;
+* ``attach(model)``: once, when the whole model is built (e.g. add a loss term to
+  ``model.criterion``, freeze the detector's parameters);
+* ``after_inference(model, state, results)``: edit or extend the per-image results of
+  inference in place (e.g. masks, a panoptic segmentation).
 
 yaml: ``MODEL.DETR.PLUGINS`` lists registered names, each built as
 ``PLUGIN_REGISTRY.get(name)(cfg)``; LazyConfig: ``model.plugins = [L(MyPlugin)(...)]``.
@@ -33,6 +37,9 @@ PLUGIN_REGISTRY.__doc__ = """Detector plug-ins (``DetectorPlugin`` subclasses) n
 class DetectorPlugin(nn.Module):
     """Base class: every phase callback does nothing unless overridden."""
 
+    def attach(self, model: nn.Module) -> None:
+        pass
+
     def after_encode(self, model: nn.Module, state) -> None:
         pass
 
@@ -44,6 +51,9 @@ class DetectorPlugin(nn.Module):
 
     def training_hooks(self) -> List:
         return []
+
+    def after_inference(self, model: nn.Module, state, results: List[Dict]) -> None:
+        pass
 
 
 def build_plugins(cfg) -> List[DetectorPlugin]:

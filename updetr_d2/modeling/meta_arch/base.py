@@ -26,6 +26,7 @@ input projection and encoder, drops the decoder side (``drop_decoder_side``), an
 only its plug-ins' losses; the plug-ins run the encoder themselves on whatever view they
 need (``encode_images``), so its checkpoint keys are exactly the detector's.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -96,6 +97,24 @@ def register_checkpoint_rule(rule: Callable) -> Callable:
 
 
 class SetPredictionDetector(nn.Module):
+    def __init_subclass__(cls, **kwargs):
+        # Plug-ins are attached (``plugin.attach(model)``: loss terms added to the
+        # criterion, parameters frozen, ...) once the *whole* model exists, i.e. after the
+        # most derived ``__init__`` returns, whichever route built it (yaml, LazyConfig,
+        # direct construction); a subclass's modules exist only after its ``__init__``.
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:
+                for plugin in self.plugins:
+                    if hasattr(plugin, "attach"):
+                        plugin.attach(self)
+
+        cls.__init__ = __init__
+
     def __init__(
         self,
         *,
@@ -148,7 +167,11 @@ class SetPredictionDetector(nn.Module):
         state = self.run_phases(batched_inputs)
         if self.training:
             return self.losses(state)
-        return self.inference(state)
+        results = self.inference(state)
+        for plugin in self.plugins:
+            if hasattr(plugin, "after_inference"):
+                plugin.after_inference(self, state, results)
+        return results
 
     def run_phases(self, batched_inputs: List[Dict]) -> DetectorState:
         """Every phase up to the output dict; returns the state (``state.outputs``)."""
@@ -221,7 +244,9 @@ class SetPredictionDetector(nn.Module):
     # --- training -------------------------------------------------------------------
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Ground truth as the criterion wants it: labels and cxcywh boxes normalised by
-        the (unpadded) image size."""
+        the (unpadded) image size, and the instances' ``gt_masks`` (Detectron2's
+        ``BitMasks`` or ``PolygonMasks``, as they come) under ``masks`` when they have
+        them (mask losses rasterise only the matched ones)."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
                 f"{type(self).__name__} needs 'instances' in every training input; is the "
@@ -232,7 +257,10 @@ class SetPredictionDetector(nn.Module):
             instances = x["instances"].to(self.device)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
             boxes = box_convert(instances.gt_boxes.tensor / scale, "xyxy", "cxcywh")
-            targets.append({"labels": instances.gt_classes, "boxes": boxes})
+            target = {"labels": instances.gt_classes, "boxes": boxes}
+            if instances.has("gt_masks"):
+                target["masks"] = instances.gt_masks
+            targets.append(target)
         return targets
 
     def losses(self, state: DetectorState) -> Dict[str, Tensor]:
@@ -262,9 +290,16 @@ class SetPredictionDetector(nn.Module):
     def inference(self, state: DetectorState) -> List[Dict]:
         raise NotImplementedError
 
-    def detections(self, pred_boxes, scores, classes, batched_inputs, images: ImageList) -> List[Dict]:
+    def detections(
+        self, pred_boxes, scores, classes, batched_inputs, images: ImageList, query_index: Tensor = None
+    ) -> List[Dict]:
         """``Instances`` per image, one per kept query (``pred_boxes`` normalised cxcywh
-        [B, K, 4], ``scores`` and ``classes`` [B, K]), in the size each input asks for."""
+        [B, K, 4], ``scores`` and ``classes`` [B, K]), in the size each input asks for.
+        ``query_index`` [B, K]: the query each detection came from (default: detection k
+        is query k), kept as the field ``query_index`` for heads that add per-query
+        outputs (masks)."""
+        if query_index is None:
+            query_index = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
         results = []
         for i, (h, w) in enumerate(images.image_sizes):
             result = Instances((h, w))
@@ -273,6 +308,7 @@ class SetPredictionDetector(nn.Module):
             result.pred_boxes.clip((h, w))
             result.scores = scores[i]
             result.pred_classes = classes[i]
+            result.query_index = query_index[i]
             results.append({"instances": self._to_input_size(result, batched_inputs[i])})
         return results
 

@@ -239,7 +239,9 @@ class DeformableDetr(SetPredictionDetector):
                 srcs.append(previous)
                 masks.append(level_padding_mask(image_mask, previous.shape[-2:]))
         pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        return self.transformer.encode(srcs, masks, pos)
+        memory = self.transformer.encode(srcs, masks, pos)
+        memory.sources = srcs
+        return memory
 
     def build_queries(self, state: DetectorState) -> QueryBundle:
         if not self.two_stage:
@@ -276,4 +278,4 @@ class DeformableDetr(SetPredictionDetector):
         scores, index = probs.view(batch, -1).topk(k, dim=1)
         query = torch.div(index, num_classes, rounding_mode="floor")
         boxes = outputs["pred_boxes"].gather(1, query[..., None].expand(-1, -1, 4))
-        return self.detections(boxes, scores, index % num_classes, state.batched_inputs, state.images)
+        return self.detections(boxes, scores, index % num_classes, state.batched_inputs, state.images, query)

@@ -140,7 +140,10 @@ class Detr(SetPredictionDetector):
         """The last transformer level projected to the transformer width, encoded."""
         feature, mask = state.features[-1]
         pos = self.position_embedding(mask).to(feature.dtype)
-        return self.transformer.encode(self.input_proj(feature), mask, pos)
+        source = self.input_proj(feature)
+        memory = self.transformer.encode(source, mask, pos)
+        memory.sources = [source]
+        return memory
 
     def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:
         hs = self.transformer.decode(
