@@ -79,6 +79,11 @@ def test_attention_map_is_a_joint_softmax_over_heads_and_positions_without_paddi
     torch.testing.assert_close(weights.flatten(1).sum(1), torch.ones(2))
     assert (weights[1][:, padding[1]] == 0).all() and (weights[0] > 0).all()
     torch.testing.assert_close(weights, naive_attention_map(layer, queries, memory, padding))
+    # Scaled to the positions they spread over: the same maps, averaging 1 over the valid ones.
+    layer.scale_to_positions = True
+    scaled = layer(queries, layer.keys(memory), padding)
+    torch.testing.assert_close(scaled, weights * torch.tensor([4 * 15, 4 * 9.0])[:, None, None, None])
+    torch.testing.assert_close(scaled[1][:, ~padding[1]].mean(), torch.tensor(1.0))
 
 
 def test_mask_and_attention_shapes_follow_the_strides():
@@ -282,3 +287,40 @@ def test_plugin_errors_name_the_option():
     cfg.MODEL.PANOPTIC.ATTENTION_STRIDE = 16
     with pytest.raises(ValueError, match="ATTENTION_STRIDE=16.*\\[32\\]"):
         build_model(cfg)
+
+
+# --- configs -------------------------------------------------------------------------
+PANOPTIC_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "Panoptic", "configs")
+
+
+@pytest.mark.parametrize("name", ["detr_effnet_lite0_demo_panoptic_box", "detr_effnet_lite0_demo_panoptic_mask",
+                                  "deformable_detr_effnet_lite0_demo_panoptic_box",
+                                  "deformable_detr_effnet_lite0_demo_panoptic_mask",
+                                  "detr_r50_panoptic_mask"])
+def test_yaml_and_lazy_configs_build_the_same_model(name):
+    from detectron2.config import LazyConfig, get_cfg, instantiate
+    from updetr_d2 import add_updetr_config
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(os.path.join(PANOPTIC_CONFIGS, name + ".yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    lazy = LazyConfig.load(os.path.join(PANOPTIC_CONFIGS, name + ".py"))
+    lazy.model.backbone.backbone.pop("pretrained", None)  # no ImageNet weights needed to compare shapes
+    if "effnet" in name:
+        cfg.MODEL.EFFICIENTNET.PRETRAINED = False
+    models = [build_model(cfg), instantiate(lazy.model)]
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
+    assert shapes[0] == shapes[1]
+    trainable = [{n for n, p in m.named_parameters() if p.requires_grad} for m in models]
+    assert trainable[0] == trainable[1]
+    assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter
+    assert type(models[0]) is type(models[1])
+    assert models[0].criterion.weight_dict == models[1].criterion.weight_dict
+    if name.endswith("mask"):
+        assert trainable[0] == {n for n in shapes[0] if n.startswith("plugins.0.")}  # the mask stage
+        assert models[0].plugins[0].thing_classes == models[1].plugins[0].thing_classes
+        assert len(models[0].plugins[0].thing_classes) == (4 if "demo" in name else 80)
+        for key in ("object_threshold", "scale_attention_maps"):
+            assert getattr(models[0].plugins[0], key) == getattr(models[1].plugins[0], key)
+        assert models[0].plugins[0].scale_attention_maps == ("demo" in name)

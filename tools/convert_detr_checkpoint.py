@@ -12,7 +12,9 @@ Layouts (told apart by the keys):
   ``projects/Panoptic/configs/detr_r50_panoptic_box.yaml``.
 * panoptic (``DETRsegm``): the detector under ``detr.`` (251 rows -> 133 classes +
   no-object) and its mask head -> the ``MaskHead`` plug-in at ``model.plugins[i]``
-  (``--plugin-index``); config ``projects/Panoptic/configs/detr_r50_panoptic_mask.yaml``.
+  (``--plugin-index``); config ``projects/Panoptic/configs/detr_r50_panoptic_mask.yaml``,
+  which keeps the original's attention-map scale (``MODEL.PANOPTIC.SCALE_ATTENTION_MAPS
+  False``) that these weights were trained with.
 
 The file is read with ``torch.load(weights_only=True)`` allowing ``argparse.Namespace``
 (the official files' ``"args"``) and nothing else. The output,

@@ -23,7 +23,8 @@ def use_panoptic_data(dataloader, train_names, test_names):
     return dataloader
 
 
-def add_mask_head(model, thing_classes, freeze_detector=False, in_features=("res4", "res3", "res2")):
+def add_mask_head(model, thing_classes, freeze_detector=False, in_features=("res4", "res3", "res2"),
+                  scale_attention_maps=True):
     """The model node gets the MaskHead plug-in (yaml: MODEL.PANOPTIC.*, same defaults) and
     its backbone returns the finer levels the mask decoder adds. ``freeze_detector``: the
     mask stage of the two-stage recipe."""
@@ -31,6 +32,6 @@ def add_mask_head(model, thing_classes, freeze_detector=False, in_features=("res
     backbone.out_features = sorted(set(backbone.out_features) | set(in_features))
     model.plugins = [
         L(MaskHead)(in_features=list(in_features), thing_classes=list(thing_classes),
-                    freeze_detector=freeze_detector)
+                    freeze_detector=freeze_detector, scale_attention_maps=scale_attention_maps)
     ]
     return model

@@ -6,6 +6,7 @@ from ....configs.common.data.panoptic import add_mask_head
 from ....configs.common.schedule import epoch_schedule
 from .detr_r50_panoptic_box import dataloader, model, optimizer, train  # noqa: F401
 
-add_mask_head(model, thing_classes=[i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]], freeze_detector=True)
+add_mask_head(model, thing_classes=[i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]], freeze_detector=True,
+              scale_attention_maps=False)  # the original's scale (its checkpoints)
 lr_multiplier = epoch_schedule(train, epochs=25, decay_epoch=15, iters_per_epoch=7393)
 train.output_dir = "./output/detr_r50_panoptic_mask_lazy"

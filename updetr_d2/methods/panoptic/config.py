@@ -25,6 +25,10 @@ def add_panoptic_config(cfg):
     # dilated C5: 16; Deformable DETR: the level of that stride among its levels).
     p.ATTENTION_STRIDE = 32
     p.NUM_HEADS = 8  # attention maps per query (the paper's M)
+    # Attention maps multiplied by the positions they spread over (heads x H x W), so they
+    # average 1 like the features they are concatenated with; the masks then learn in a few
+    # hundred steps. False: the original's scale (its checkpoints; its 25-epoch mask stage).
+    p.SCALE_ATTENTION_MAPS = True
     # The mask stage of the two-stage recipe: every detector parameter frozen, only the mask
     # head trains (dropout stays active, as in the original). False: joint training.
     p.FREEZE_DETECTOR = False

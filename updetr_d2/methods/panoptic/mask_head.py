@@ -25,9 +25,18 @@ class MHAttentionMap(nn.Module):
     ``logits[n, m, y, x] = q[n, m] . k[m, :, y, x] / sqrt(d / M)``; padded positions are
     excluded, and the softmax runs **jointly over heads x H x W** (as the original code,
     ``flatten(2)``), so a query's weights over all heads sum to 1.
+
+    ``scale_to_positions``: the weights are multiplied by the number of positions they
+    spread over (heads x unpadded H x W), so they average 1 whatever the image size. The
+    mask decoder concatenates them with projected features of unit scale; at the original
+    scale (average 1 / (M H W), about 1e-3 at the demo's sizes) they reach the decoder's
+    output attenuated so much that all queries of an image get the same mask (equal to
+    1e-5 after 150 steps on the demo), and only the original's long mask stage (25 COCO
+    epochs) amplifies them. False keeps the original's function (its checkpoints).
     """
 
-    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, query_dim: int, hidden_dim: int, num_heads: int, dropout: float = 0.0,
+                 scale_to_positions: bool = False):
         super().__init__()
         if hidden_dim % num_heads:
             raise ValueError(f"MHAttentionMap: hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
@@ -40,6 +49,7 @@ class MHAttentionMap(nn.Module):
             nn.init.zeros_(layer.bias)
             nn.init.xavier_uniform_(layer.weight)
         self.normalize_fact = float(hidden_dim / num_heads) ** -0.5
+        self.scale_to_positions = scale_to_positions
 
     def keys(self, memory: Tensor) -> Tensor:
         """[B, d, H, W] memory -> [B, M, d/M, H, W] keys (the linear layer as a 1x1 conv),
@@ -55,6 +65,9 @@ class MHAttentionMap(nn.Module):
         logits = torch.einsum("nmc,nmchw->nmhw", q * self.normalize_fact, keys)
         logits = logits.masked_fill(padding_mask[:, None], float("-inf"))
         weights = logits.flatten(1).softmax(-1).view_as(logits)
+        if self.scale_to_positions:
+            positions = (~padding_mask).flatten(1).sum(1) * self.num_heads
+            weights = weights * positions.to(weights.dtype)[:, None, None, None]
         return self.dropout(weights)
 
 

@@ -67,6 +67,7 @@ class MaskHead(DetectorPlugin):
         in_features: Sequence[str] = ("res4", "res3", "res2"),
         attention_stride: int = 32,
         num_heads: int = 8,
+        scale_attention_maps: bool = True,
         freeze_detector: bool = False,
         mask_weight: float = 1.0,
         dice_weight: float = 1.0,
@@ -81,6 +82,7 @@ class MaskHead(DetectorPlugin):
         self.in_features = list(in_features)
         self.attention_stride = attention_stride
         self.num_heads = num_heads
+        self.scale_attention_maps = scale_attention_maps
         self.freeze_detector = freeze_detector
         self.weights = {"loss_mask": mask_weight, "loss_dice": dice_weight}
         self.panoptic_on = panoptic_on
@@ -99,6 +101,7 @@ class MaskHead(DetectorPlugin):
             "in_features": p.IN_FEATURES,
             "attention_stride": p.ATTENTION_STRIDE,
             "num_heads": p.NUM_HEADS,
+            "scale_attention_maps": p.SCALE_ATTENTION_MAPS,
             "freeze_detector": p.FREEZE_DETECTOR,
             "mask_weight": p.MASK_WEIGHT,
             "dice_weight": p.DICE_WEIGHT,
@@ -127,7 +130,8 @@ class MaskHead(DetectorPlugin):
         self.level = strides.index(self.attention_stride)
         self.stride = shapes[self.in_features[-1]].stride
         hidden_dim = model.transformer.d_model
-        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, self.num_heads)
+        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, self.num_heads,
+                                             scale_to_positions=self.scale_attention_maps)
         self.mask_head = MaskHeadSmallConv(
             hidden_dim + self.num_heads, [shapes[f].channels for f in self.in_features], hidden_dim
         )
