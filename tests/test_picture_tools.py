@@ -205,3 +205,19 @@ def test_draw_detections_cli(tmp_path):
                       "--output", out, *TINY)
     assert result.returncode != 0
     assert str(missing) in result.stderr
+
+
+def test_draw_panoptic_colours_every_segment_and_leaves_void_alone(tool):
+    h, w = 90, 120
+    image = np.full((h, w, 3), 128, np.uint8)
+    ids = torch.zeros(h, w, dtype=torch.int32)
+    ids[:40] = 1  # sky (stuff)
+    ids[50:80, 20:60] = 2  # a circle (thing)
+    segments = [{"id": 1, "category_id": 1, "isthing": False}, {"id": 2, "category_id": 0, "isthing": True, "score": 0.9}]
+    metadata = Metadata(thing_classes=["circle", "sky"], stuff_classes=["circle", "sky"],
+                        thing_colors=[(255, 0, 0), (0, 0, 255)], stuff_colors=[(255, 0, 0), (0, 0, 255)])
+    vis = tool.draw_panoptic(image.copy(), (ids, segments), metadata)
+    assert vis.shape == image.shape
+    changed = changed_mask(vis, image, tol=20)
+    assert changed[5:35, 5:115].mean() > 0.9 and changed[55:75, 25:55].mean() > 0.9
+    assert not changed[42:48, 70:].any() and not changed[82:, 70:].any()  # void: untouched

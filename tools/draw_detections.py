@@ -14,7 +14,9 @@ format and resized as at test time (yaml: ``ResizeShortestEdge`` from ``INPUT.MI
 / ``MAX_SIZE_TEST``, as Detectron2's ``DefaultPredictor``; lazy: the test mapper's
 augmentations); the detections scoring above ``--threshold`` are drawn with Detectron2's
 ``Visualizer`` (class names from the first test dataset's ``thing_classes``, when it has
-them) to ``OUTPUT/<image name>.png``. Folders are searched recursively for the image
+them) to ``OUTPUT/<image name>.png``. A model that gives a panoptic segmentation (the
+``MaskHead`` plug-in, projects/Panoptic) has it drawn instead, every segment coloured and
+named (things and stuff; ``--threshold`` does not apply). Folders are searched recursively for the image
 extensions of ``updetr_d2.data.IMAGE_EXTENSIONS`` (hidden files and folders left out); an
 unreadable image is skipped with a warning, and the skipped files are counted at the end.
 """
@@ -101,13 +103,18 @@ def load_predictor(config_file: str, opts: Sequence[str], weights: str = "") -> 
 def predict(predictor: Dict, image: np.ndarray) -> Instances:
     """The detections on ``image`` (in ``predictor["image_format"]``, HWC), in its pixels,
     on the CPU: test-time resize, then the model, as Detectron2's ``DefaultPredictor``."""
+    return predict_outputs(predictor, image)["instances"].to("cpu")
+
+
+def predict_outputs(predictor: Dict, image: np.ndarray) -> Dict:
+    """The model's whole output for ``image`` (``instances``, and ``panoptic_seg`` when it
+    gives one), as :func:`predict` computes it."""
     height, width = image.shape[:2]
     aug_input = T.AugInput(image)
     T.AugmentationList(predictor["augmentations"])(aug_input)  # resizes aug_input.image
     tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.astype("float32").transpose(2, 0, 1)))
     with torch.no_grad():
-        output = predictor["model"]([{"image": tensor, "height": height, "width": width}])[0]
-    return output["instances"].to("cpu")
+        return predictor["model"]([{"image": tensor, "height": height, "width": width}])[0]
 
 
 def draw(image_rgb: np.ndarray, instances: Instances, metadata=None, threshold: float = 0.5) -> np.ndarray:
@@ -127,6 +134,17 @@ def draw(image_rgb: np.ndarray, instances: Instances, metadata=None, threshold: 
         metadata = Metadata()
     vis = Visualizer(image_rgb, metadata).draw_instance_predictions(instances).get_image()
     if vis.shape[:2] != image_rgb.shape[:2]:  # matplotlib rounding: keep the input's size
+        vis = cv2.resize(vis, (image_rgb.shape[1], image_rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return vis
+
+
+def draw_panoptic(image_rgb: np.ndarray, panoptic_seg, metadata=None) -> np.ndarray:
+    """``image_rgb`` with a panoptic segmentation ``(ids [H, W], segments_info)`` drawn by
+    Detectron2's ``Visualizer`` (names from the metadata's thing_ / stuff_classes)."""
+    ids, segments = panoptic_seg
+    vis = Visualizer(image_rgb, metadata if metadata is not None else Metadata())
+    vis = vis.draw_panoptic_seg(ids.to("cpu"), segments).get_image()
+    if vis.shape[:2] != image_rgb.shape[:2]:
         vis = cv2.resize(vis, (image_rgb.shape[1], image_rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
     return vis
 
@@ -159,14 +177,21 @@ def main(argv=None) -> Dict:
             print(f"warning: {file_name}: cannot read the image ({error}); skipped", file=sys.stderr)
             skipped.append(file_name)
             continue
-        instances = predict(predictor, image)
-        rgb = utils.convert_image_to_rgb(image, predictor["image_format"])
-        vis = draw(np.ascontiguousarray(rgb, dtype=np.uint8), instances, predictor["metadata"], args.threshold)
+        output = predict_outputs(predictor, image)
+        instances = output["instances"].to("cpu")
+        rgb = np.ascontiguousarray(utils.convert_image_to_rgb(image, predictor["image_format"]), dtype=np.uint8)
+        if "panoptic_seg" in output:
+            vis = draw_panoptic(rgb, output["panoptic_seg"], predictor["metadata"])
+        else:
+            vis = draw(rgb, instances, predictor["metadata"], args.threshold)
         out = os.path.join(args.output, output_name(file_name, used))
         if not cv2.imwrite(out, np.ascontiguousarray(vis[..., ::-1])):
             raise SystemExit(f"error: {out}: could not write the PNG")
-        shown = int((instances.scores > args.threshold).sum()) if instances.has("scores") else len(instances)
-        print(f"{file_name} -> {out} ({shown} detection(s) above {args.threshold})")
+        if "panoptic_seg" in output:
+            print(f"{file_name} -> {out} ({len(output['panoptic_seg'][1])} segment(s))")
+        else:
+            shown = int((instances.scores > args.threshold).sum()) if instances.has("scores") else len(instances)
+            print(f"{file_name} -> {out} ({shown} detection(s) above {args.threshold})")
         outputs[file_name] = out
     print(f"{len(outputs)} images drawn, {len(skipped)} skipped (unreadable){describe_skipped(skipped)}")
     if not outputs:
