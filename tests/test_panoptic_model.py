@@ -296,6 +296,7 @@ PANOPTIC_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 @pytest.mark.parametrize("name", ["detr_effnet_lite0_demo_panoptic_box", "detr_effnet_lite0_demo_panoptic_mask",
                                   "deformable_detr_effnet_lite0_demo_panoptic_box",
                                   "deformable_detr_effnet_lite0_demo_panoptic_mask",
+                                  "deformable_detr_effnet_lite0_demo_panoptic_box_from_updetr",
                                   "detr_r50_panoptic_mask"])
 def test_yaml_and_lazy_configs_build_the_same_model(name):
     from detectron2.config import LazyConfig, get_cfg, instantiate
@@ -316,6 +317,7 @@ def test_yaml_and_lazy_configs_build_the_same_model(name):
     assert trainable[0] == trainable[1]
     assert cfg.SOLVER.MAX_ITER == lazy.train.max_iter
     assert type(models[0]) is type(models[1])
+    assert list(cfg.MODEL.WEIGHTS_SKIP) == list(lazy.train.get("init_checkpoint_skip", []))
     assert models[0].criterion.weight_dict == models[1].criterion.weight_dict
     if name.endswith("mask"):
         assert trainable[0] == {n for n in shapes[0] if n.startswith("plugins.0.")}  # the mask stage
@@ -324,3 +326,26 @@ def test_yaml_and_lazy_configs_build_the_same_model(name):
         for key in ("object_threshold", "scale_attention_maps"):
             assert getattr(models[0].plugins[0], key) == getattr(models[1].plugins[0], key)
         assert models[0].plugins[0].scale_attention_maps == ("demo" in name)
+
+
+def test_paper_size_shapes():
+    """DETR-R50 at 800x1066 padded as the original (to the batch's largest image, not to a
+    multiple of 32): masks [1, 100, 200, 267] at res2, attention [1, 100, 8, 25, 34]."""
+    from detectron2.config import get_cfg
+    from updetr_d2 import add_updetr_config
+
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(os.path.join(PANOPTIC_CONFIGS, "detr_r50_panoptic_mask.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.PANOPTIC.THING_CLASSES = list(range(80))
+    cfg.MODEL.DETR.SIZE_DIVISIBILITY = 0
+    model = build_model(cfg).eval()
+    seen = {}
+    model.plugins[0].bbox_attention.register_forward_hook(lambda m, i, o: seen.update(attention=o.shape))
+    with torch.no_grad():
+        state = model.run_phases([{"image": torch.zeros(3, 800, 1066)}])
+        queries = state.outputs["mask_queries"][0]
+        masks = state.outputs["mask_context"].predict(queries, torch.zeros(len(queries), dtype=torch.long))
+    assert masks[None].shape == (1, 100, 200, 267)
+    assert (1, *seen["attention"]) == (1, 100, 8, 25, 34)
