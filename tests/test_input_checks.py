@@ -271,3 +271,20 @@ def test_train_net_stops_before_iteration_0_and_the_flag_skips_the_scan(tmp_path
     assert code == 0, output[-3000:]
     assert "Input checks" not in output and "Starting training from iteration 0" in output
     assert os.path.isfile(tmp_path / "skipped" / "model_final.pth")
+
+
+# ---------------------------------------------------------------------------- panoptic datasets
+def test_panoptic_datasets_count_things_and_stuff_and_their_segments():
+    """A panoptic dataset's classes are its things and stuff (6 on the demo data): too few
+    model classes is an error (a stuff label would silently become no-object), and images
+    with more segments than queries are named."""
+    panoptic = ["MODEL.DETR.NUM_CLASSES", "6", "INPUT.DATASET_MAPPER", "PanopticDetrDatasetMapper"]
+    ok = run_input_checks(yaml_cfg(["updetr_demo_panoptic_train"], ["updetr_demo_panoptic_val"], *panoptic))
+    assert all(r.errors() == [] for r in ok) and all(r.labelled for r in ok)
+    assert max(r.max_objects for r in ok) > 4
+    with pytest.raises(InputCheckError, match=r"NUM_CLASSES=4 but train dataset 'updetr_demo_panoptic_train' "
+                                              r"has 6 classes \(circle, square, triangle, star, sky, ground\)"):
+        run_input_checks(yaml_cfg(["updetr_demo_panoptic_train"], [], *panoptic[2:]))
+    crowded = run_input_checks(yaml_cfg(["updetr_demo_panoptic_train"], [], *panoptic,
+                                        "MODEL.DETR.NUM_OBJECT_QUERIES", "3"))
+    assert crowded[0].crowded and "more objects than" in " ".join(crowded[0].warnings())

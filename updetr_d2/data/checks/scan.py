@@ -161,6 +161,11 @@ def scan_dataset(records: List[Dict], use: DatasetUse, metadata=None) -> Dataset
     if metadata is not None:
         report.thing_classes = metadata.get("thing_classes", None)
         report.json_file = metadata.get("json_file", None)
+        stuff = metadata.get("stuff_classes", None)
+        if records and "segments_info" in records[0] and stuff and len(stuff) > len(report.thing_classes or ()):
+            # Panoptic: the model classifies every segment, things and stuff, in one
+            # contiguous range that Detectron2's panoptic metadata lists as stuff_classes.
+            report.thing_classes = stuff
     sized = []  # (file, height, width) of the records that give their size
     check_boxes = use.labels_used
     num_classes = use.classes[1] if use.classes is not None and use.labels_used else None
@@ -182,6 +187,20 @@ def scan_dataset(records: List[Dict], use: DatasetUse, metadata=None) -> Dataset
         else:
             sized.append((file_name, height, width))
         annotations = record.get("annotations")
+        if annotations is None and "segments_info" in record:
+            # A panoptic record: every segment, crowd included (as DETR's panoptic targets),
+            # is one object to predict; its boxes come from its mask when it is mapped.
+            report.labelled = True
+            if check_boxes:
+                segments = record["segments_info"]
+                for segment in segments:
+                    category = segment.get("category_id")
+                    if num_classes is not None and isinstance(category, int) and not 0 <= category < num_classes:
+                        report.bad_labels.append((file_name, category))
+                report.max_objects = max(report.max_objects, len(segments))
+                if num_queries is not None and len(segments) > num_queries:
+                    report.crowded.append((len(segments), file_name))
+            continue
         if annotations is None:
             continue
         report.labelled = True

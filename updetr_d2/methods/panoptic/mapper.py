@@ -71,6 +71,8 @@ class PanopticDetrDatasetMapper:
     (resized by the test augmentation) and the record's keys; the PNG is not read.
     """
 
+    uses_dataset_labels = True  # the input checks compare the dataset's classes with the model's
+
     @configurable
     def __init__(
         self,
