@@ -261,6 +261,18 @@ def test_inference_gives_panoptic_segmentation_and_instance_masks(arch):
             assert len(segments) == 1  # every query is sky: stuff queries merge into one segment
 
 
+def test_no_query_above_the_threshold_gives_an_all_void_image():
+    cfg = with_mask_head(tiny_detr_cfg())
+    cfg.MODEL.PANOPTIC.OBJECT_THRESHOLD = 1.0
+    cfg.MODEL.PANOPTIC.INSTANCE_MASKS_ON = False
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        (result,) = model(batch()[:1])
+    image, segments = result["panoptic_seg"]
+    assert segments == [] and image.shape == (96, 128) and not image.any()
+    assert not result["instances"].has("pred_masks")
+
+
 def test_instance_masks_belong_to_their_detections():
     cfg = with_mask_head(tiny_detr_cfg())
     cfg.MODEL.PANOPTIC.PANOPTIC_ON = False

@@ -190,9 +190,13 @@ class MaskHead(DetectorPlugin):
                 wanted.append(kept)
             if self.instance_masks_on and "instances" in result:
                 wanted.append(result["instances"].query_index)
+            if not wanted:
+                continue
             queries, inverse = torch.cat(wanted).unique(return_inverse=True)
-            rows = torch.full_like(queries, i)
-            mask_logits = context.predict(outputs["mask_queries"][i, queries], rows)
+            if len(queries):
+                mask_logits = context.predict(outputs["mask_queries"][i, queries], torch.full_like(queries, i))
+            else:  # nothing kept and nothing detected
+                mask_logits = logits.new_zeros((0, *context.fpns[-1].shape[-2:]))
             if self.panoptic_on:
                 picked = mask_logits[inverse[: len(kept)]]
                 result["panoptic_seg"] = panoptic_segmentation(
