@@ -319,3 +319,37 @@ def test_cli_maps_a_panoptic_box_stage_head_to_the_panoptic_classes(tool, offici
     rows = list(COCO_PANOPTIC_CLASS_ROWS) + [250]
     assert torch.equal(converted["heads.class_embed.weight"], state["class_embed.weight"][rows])
     assert tool.CONFIGS[layout] == "projects/Panoptic/configs/detr_r50_panoptic_box.yaml"
+
+
+# --- the checkpointer detects official files and converts them on load -----------------------
+@pytest.mark.parametrize("layout", ["detection", "panoptic"])
+def test_the_checkpointer_converts_official_files_on_load(tmp_path, official, project_models, layout):
+    """MODEL.WEIGHTS = an official .pth (with its argparse.Namespace): every model tensor
+    is filled from it, without the unsafe switch."""
+    from updetr_d2.checkpoint import DetrCheckpointer
+
+    path = tmp_path / "official.pth"
+    torch.save({"model": official[layout], "args": argparse.Namespace(lr=1e-4), "epoch": 299}, path)
+    model = project_models[layout]
+    expected = convert(layout, official[layout])
+    DetrCheckpointer(model).load(str(path))
+    state = model.state_dict()
+    assert set(expected) == set(state)
+    for key in ("query_generator.query_embed.weight", "heads.class_embed.weight",
+                "transformer.decoder.layers.0.multihead_attn.in_proj_weight"):
+        assert torch.equal(state[key], expected[key])
+    if layout == "panoptic":
+        assert torch.equal(state["plugins.0.mask_head.out_lay.weight"], official[layout]["mask_head.out_lay.weight"])
+
+
+def test_an_official_head_onto_another_class_count_is_an_error_naming_the_file(tmp_path, official, project_models):
+    from updetr_d2.checkpoint import DetrCheckpointer
+
+    path = tmp_path / "official_panoptic.pth"
+    torch.save({"model": official["panoptic"], "args": argparse.Namespace()}, path)
+    with pytest.raises(ValueError, match="official_panoptic.pth.*one MaskHead plug-in"):
+        DetrCheckpointer(project_models["detection"]).load(str(path))
+    bare = {k[len("detr."):]: v for k, v in official["panoptic"].items() if k.startswith("detr.")}
+    torch.save(bare, tmp_path / "box_stage.pth")  # a panoptic box-stage DETR: 251 rows, no Namespace
+    with pytest.raises(ValueError, match="box_stage.pth.*251 rows.*model has 80 classes"):
+        DetrCheckpointer(project_models["detection"]).load(str(tmp_path / "box_stage.pth"))

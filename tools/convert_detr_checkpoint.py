@@ -23,6 +23,8 @@ not at all (with a ``.sha256`` beside it) and loads by exact names through
 ``MODEL.WEIGHTS``. Before writing, the converted keys and shapes are compared with the
 model the config builds (``--config-file`` to use another, ``--skip-model-check`` to
 skip): a key it cannot map, or a model tensor it leaves unfilled, is an error listing them.
+``MODEL.WEIGHTS`` may also name the official file directly: ``DetrCheckpointer`` does
+the same conversion on load (``updetr_d2.checkpoint.official_detr.convert_official_for_model``).
 """
 import argparse
 import os

@@ -8,6 +8,10 @@ torchvision / SwAV / DINO / MoCo ResNet files (converted by
 ``allow_unsafe=True``. Nothing here depends on the model: any detector with a Detectron2
 ResNet (DETR, Deformable DETR, UP-DETR, Co-DETR ...) loads through it.
 
+Official DETR checkpoints (facebookresearch/detr, detection and panoptic) are recognised
+by their keys and converted on load (:mod:`updetr_d2.checkpoint.official_detr`), read
+with the one class they pickle besides tensors (``argparse.Namespace``) allowed.
+
 It saves through :mod:`updetr_d2.checkpoint.integrity`: whole files with a ``.sha256``
 beside them, checked on load, and ``--resume`` falls back to the newest intact
 checkpoint when the last one is missing, cut short or corrupt.
@@ -20,6 +24,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.files import atomic_write
 from .integrity import folder_state, newest_intact, remove_leftovers, save_checkpoint, verify_checksum
+from .official_detr import convert_official_for_model, load_official_checkpoint
 from .resnet_conversion import ConversionReport, convert_resnet_state_dict
 from .safe_load import UnsafeCheckpointError, is_pickle_file, load_checkpoint_file
 from .skip import check_skip_prefixes, skip_parts
@@ -156,7 +161,21 @@ class DetrCheckpointer(DetectionCheckpointer):
         # (pycls) layouts are read again here from the safely loaded data.
         self.conversion_report = None
         verify_checksum(filename)  # a file saved with a checksum must still match it
-        data = load_checkpoint_file(filename, allow_unsafe=self.allow_unsafe)
+        try:
+            data = load_checkpoint_file(filename, allow_unsafe=self.allow_unsafe)
+        except UnsafeCheckpointError as unsafe:
+            # The official DETR files pickle an argparse.Namespace: read them again with
+            # that one class allowed (load_official_checkpoint refuses anything else).
+            try:
+                official = self._official(filename, load_official_checkpoint(filename))
+            except UnsafeCheckpointError:
+                official = None
+            if official is None:
+                raise unsafe from None
+            return official
+        official = None if is_pickle_file(filename) else self._official(filename, data)
+        if official is not None:
+            return official
         if is_pickle_file(filename):
             if isinstance(data, Mapping) and "model" in data and "__author__" in data:
                 self.logger.info("Reading a file from '{}'".format(data["__author__"]))
@@ -179,6 +198,22 @@ class DetrCheckpointer(DetectionCheckpointer):
         if isinstance(data, Mapping) and "model" in data:
             return data
         return {"model": data}
+
+    def _official(self, filename, data):
+        """An official DETR file converted to the model's names (``None`` for any other
+        file); a layout it cannot map onto the model is an error naming the file."""
+        if isinstance(data, Mapping) and any(k in data for k in _D2_MARKERS):
+            return None
+        try:
+            found = convert_official_for_model(data, self.model)
+        except ValueError as e:
+            raise ValueError(f"{filename}: {e}") from None
+        if found is None:
+            return None
+        layout, state_dict = found
+        self.logger.info(f"{filename}: an official DETR {layout} checkpoint, converted ({len(state_dict)} tensors)")
+        return {"model": state_dict, "__author__": f"official DETR ({layout}), converted by updetr_d2",
+                "matching_heuristics": False}
 
     def _convertible(self, data) -> bool:
         if not isinstance(data, Mapping) or any(k in data for k in _D2_MARKERS):

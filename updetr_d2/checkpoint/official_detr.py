@@ -53,6 +53,8 @@ from .torchvision_resnet import STAGE_RE, detectron2_name
 
 __all__ = [
     "COCO_DETECTION_NO_OBJECT_ROW",
+    "convert_official_for_model",
+    "register_official_layout",
     "DETECTION_MARKERS",
     "PANOPTIC_MARKERS",
     "coco_detection_class_rows",
@@ -312,3 +314,61 @@ def load_official_checkpoint(path: str):
             f"pickles other Python objects ({_refused_global(e)}); an official DETR file does not. "
             f"Only for a file you trust, load it with torch.load(weights_only=False) yourself."
         ) from e
+
+
+# --- automatic conversion on load (DetrCheckpointer) -------------------------------------
+def _model_class_rows(official_rows: int, model_classes: int) -> Tuple[List[int], int]:
+    """(class_rows, no_object_row) putting an official head of ``official_rows`` rows onto a
+    model with ``model_classes`` classes: Detectron2's COCO detection (80) or panoptic (133)
+    classes, or the official numbering itself (one class per official row)."""
+    no_object = official_rows - 1
+    if model_classes == no_object:
+        return list(range(no_object)), no_object
+    if model_classes == 80 and no_object == COCO_DETECTION_NO_OBJECT_ROW:
+        return coco_detection_class_rows(), no_object
+    if model_classes == len(COCO_CATEGORIES) and no_object == 250:
+        return [c["id"] for c in COCO_CATEGORIES], no_object
+    raise ValueError(
+        f"the official class head has {official_rows} rows ({no_object} category ids + no-object) but the "
+        f"model has {model_classes} classes: set the class count to 80 (COCO detection), 133 (COCO panoptic) "
+        f"or {no_object} (the official numbering)"
+    )
+
+
+def _convert_detection(state_dict: Mapping, model_keys: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tensor]:
+    head = model_keys.get("heads.class_embed.weight")
+    if head is None:
+        raise ValueError("an official DETR checkpoint loads into a Detr (the model has no heads.class_embed)")
+    rows, no_object = _model_class_rows(state_dict["class_embed.weight"].shape[0], head[0] - 1)
+    converted, unmapped = convert_official_detr(state_dict, class_rows=rows, no_object_row=no_object)
+    if unmapped:
+        raise ValueError(f"Cannot map {len(unmapped)} keys of the official DETR state dict: " + ", ".join(map(str, unmapped)))
+    return converted
+
+
+# layout -> convert(state_dict, model shapes by key) -> the model's state dict; methods add
+# theirs (the panoptic mask head registers "panoptic"), so this module imports no method.
+_LAYOUTS = {"detection": _convert_detection}
+
+
+def register_official_layout(layout: str):
+    """Decorator: ``convert(state_dict, model_shapes) -> Dict[str, Tensor]`` for the files
+    :func:`detect_official_detr` calls ``layout``."""
+    def register(convert):
+        _LAYOUTS[layout] = convert
+        return convert
+    return register
+
+
+def convert_official_for_model(checkpoint, model) -> Optional[Tuple[str, Dict[str, Tensor]]]:
+    """``(layout, state dict)`` of a loaded official DETR file for ``model``, or None when
+    the file is not an official DETR layout. Raises ValueError naming what cannot be mapped
+    (an unknown layout variant, a class count the head cannot be gathered onto)."""
+    state_dict = official_state_dict(checkpoint)
+    layout = detect_official_detr(state_dict)
+    if layout is None:
+        return None
+    if layout not in _LAYOUTS:
+        raise ValueError(f"an official DETR {layout} checkpoint needs its method imported (updetr_d2.methods)")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return layout, _LAYOUTS[layout](state_dict, shapes)

@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from torch import Tensor
 
-from ...checkpoint.official_detr import convert_official_detr
+from ...checkpoint.official_detr import convert_official_detr, register_official_layout
 
 __all__ = [
     "COCO_PANOPTIC_CLASS_ROWS",
@@ -75,3 +75,18 @@ def convert_official_detr_panoptic(state_dict: Mapping, plugin_index: int = 0) -
             + ", ".join(f"plugins.{plugin_index}.{k}" for k in missing) + " would stay unfilled"
         )
     return converted
+
+
+@register_official_layout("panoptic")
+def convert_for_model(state_dict: Mapping, model_shapes: Mapping) -> Dict[str, Tensor]:
+    """The DetrCheckpointer's automatic conversion: the mask head goes to the model's
+    ``MaskHead`` plug-in, whatever its index; the model must have the 133 classes."""
+    indices = sorted({int(k.split(".")[1]) for k in model_shapes if k.startswith("plugins.") and ".mask_head." in k})
+    if len(indices) != 1:
+        raise ValueError("an official DETR panoptic checkpoint loads into a Detr with one MaskHead plug-in "
+                         "(MODEL.DETR.PLUGINS: [\"MaskHead\"]); the model has " + str(len(indices)))
+    classes = model_shapes.get("heads.class_embed.weight", (0,))[0] - 1
+    if classes != len(COCO_PANOPTIC_CLASS_ROWS):
+        raise ValueError(f"an official DETR panoptic checkpoint has the 133 COCO panoptic classes; the model has "
+                         f"{classes} (MODEL.DETR.NUM_CLASSES 133)")
+    return convert_official_detr_panoptic(state_dict, plugin_index=indices[0])
