@@ -2,15 +2,12 @@
 trained jointly on two demo images, segments them (PQ from Detectron2's
 COCOPanopticEvaluator well above chance) and the same model's segm AP comes out of
 COCOEvaluator; the box stage alone is scored by box AP without a panoptic output."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-import updetr_d2  # noqa: F401
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")

@@ -13,7 +13,6 @@ import os
 from collections import OrderedDict
 
 import torch
-
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluator, DatasetEvaluators
@@ -101,7 +100,7 @@ class ThingInstancesEvaluator(COCOEvaluator):
         meta = self._metadata
         things = dict(meta.thing_dataset_id_to_contiguous_id)
         categories = {c["id"]: c["name"] for c in self._coco_api.loadCats(self._coco_api.getCatIds())}
-        self._thing_ids = set(things.values())
+        self._thing_ids = torch.tensor(sorted(things.values()), dtype=torch.long)
         self._metadata = Metadata(
             name=meta.name,
             json_file=meta.json_file,
@@ -114,7 +113,7 @@ class ThingInstancesEvaluator(COCOEvaluator):
         for output in outputs:
             if "instances" in output:
                 instances = output["instances"]
-                is_thing = [int(c) in self._thing_ids for c in instances.pred_classes.tolist()]
-                output = dict(output, instances=instances[torch.tensor(is_thing, dtype=torch.bool)])
+                is_thing = torch.isin(instances.pred_classes, self._thing_ids.to(instances.pred_classes.device))
+                output = dict(output, instances=instances[is_thing])
             kept.append(output)
         super().process(inputs, kept)

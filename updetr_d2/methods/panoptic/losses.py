@@ -10,7 +10,7 @@ image only: its logits are cropped to the cells covering the image, upsampled an
 exactly as at inference (:func:`.postprocess.mask_logits_to_image`), so the loss neither
 depends on the other images of the batch nor trains the padding.
 """
-from typing import Dict, List
+from typing import Dict
 
 import torch
 from detectron2.structures import BitMasks, PolygonMasks

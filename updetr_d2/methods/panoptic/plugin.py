@@ -11,7 +11,6 @@ detectors (``Detr``, ``DeformableDetr`` and the methods built on them).
 * ``after_inference``: masks of the kept queries -> ``"panoptic_seg"`` (DETR's rules,
   :mod:`.postprocess`), and ``pred_masks`` of the detections.
 """
-import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,8 +25,6 @@ from .mask_head import MHAttentionMap, MaskHeadSmallConv
 from .postprocess import instance_masks, panoptic_segmentation, select_queries
 
 __all__ = ["MaskContext", "MaskHead", "thing_classes_from_metadata"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -183,26 +180,28 @@ class MaskHead(DetectorPlugin):
             image_size = tuple(state.images.image_sizes[i])
             batched = state.batched_inputs[i]
             output_size = (batched.get("height", image_size[0]), batched.get("width", image_size[1]))
-            wanted = []
+            wanted = {}  # output -> the queries it needs masks of
             if self.panoptic_on:
                 keep, scores, labels = select_queries(logits[i], sigmoid=sigmoid, threshold=self.object_threshold)
-                kept = keep.nonzero()[:, 0]
-                wanted.append(kept)
+                wanted["panoptic"] = keep.nonzero()[:, 0]
             if self.instance_masks_on and "instances" in result:
-                wanted.append(result["instances"].query_index)
+                wanted["instances"] = result["instances"].query_index
             if not wanted:
                 continue
-            queries, inverse = torch.cat(wanted).unique(return_inverse=True)
+            # each query's mask once, whichever outputs need it
+            queries, inverse = torch.cat(list(wanted.values())).unique(return_inverse=True)
             if len(queries):
                 mask_logits = context.predict(outputs["mask_queries"][i, queries], torch.full_like(queries, i))
             else:  # nothing kept and nothing detected
                 mask_logits = logits.new_zeros((0, *context.fpns[-1].shape[-2:]))
-            if self.panoptic_on:
-                picked = mask_logits[inverse[: len(kept)]]
+            picked = {name: mask_logits[index]
+                      for name, index in zip(wanted, inverse.split([len(q) for q in wanted.values()]))}
+            if "panoptic" in picked:
+                kept = wanted["panoptic"]
                 result["panoptic_seg"] = panoptic_segmentation(
-                    picked, scores[kept], labels[kept], is_thing, image_size=image_size,
+                    picked["panoptic"], scores[kept], labels[kept], is_thing, image_size=image_size,
                     stride=context.stride, output_size=output_size, min_area=self.min_segment_area,
                 )
-            if self.instance_masks_on and "instances" in result:
-                picked = mask_logits[inverse[len(wanted[0]) if self.panoptic_on else 0:]]
-                result["instances"].pred_masks = instance_masks(picked, image_size, context.stride, output_size)
+            if "instances" in picked:
+                result["instances"].pred_masks = instance_masks(
+                    picked["instances"], image_size, context.stride, output_size)
