@@ -174,3 +174,28 @@ def test_codetr_with_all_three_heads_trains_and_evaluates(tmp_path):
         assert f"loss_focal_co_{head}" in losses and f"loss_giou_co_{head}_0" in losses
     assert all(math.isfinite(v) for v in losses.values())
     coco_bbox_metrics(output)
+
+
+@pytest.mark.parametrize("route", ["yaml", "lazy"])
+def test_mixed_precision_trains_and_evaluates_on_a_cpu(tmp_path, route):
+    """SOLVER.AMP.ENABLED / train.amp.enabled: bf16 autocast on a CPU that has it (fp32 with
+    one log line on one that has not), for training and, asked for, evaluation."""
+    from updetr_d2.engine.amp import cpu_supports_bf16
+
+    out = str(tmp_path / route)
+    if route == "yaml":
+        config = os.path.join(ROOT, "projects", "DeformableDETR", "configs", "deformable_detr_R18_demo.yaml")
+        output = train_net("--config-file", config, *DETR_YAML_FAST, "SOLVER.MAX_ITER", "6",
+                           "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.AMP.ENABLED", "True",
+                           "TEST.AMP.ENABLED", "True", "OUTPUT_DIR", out)
+    else:
+        output = train_net("--config-file", os.path.join(CONFIGS, "detr_R18_demo.py"), *DETR_LAZY_FAST,
+                           f"train.output_dir={out}", "train.max_iter=6", "train.amp.enabled=True",
+                           "train.amp.inference=True")
+    if cpu_supports_bf16():
+        assert "Mixed precision training: bfloat16 autocast on cpu." in output
+    else:
+        assert "this CPU has no native bf16" in output
+    assert "AMPTrainer" not in output  # Detectron2's CUDA-only trainer is never built
+    assert max(iterations_logged(out)) == 5
+    coco_bbox_metrics(output)

@@ -50,6 +50,11 @@ def add_detr_config(cfg):
     # "SGD" keeps Detectron2's own optimiser for existing configs; DETR configs set "ADAMW".
     cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Mixed precision (SOLVER.AMP.ENABLED is Detectron2's; updetr_d2/engine/amp.py): "auto" is
+    # bf16 on a CPU that has it and fp16 with a gradient scaler on CUDA; "bfloat16" on CUDA
+    # drops the scaler. TEST.AMP.ENABLED evaluates with the same precision.
+    cfg.SOLVER.AMP.PRECISION = "auto"
+    cfg.TEST.AMP = CN({"ENABLED": False})
     return cfg
 
 

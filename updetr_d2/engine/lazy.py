@@ -5,6 +5,8 @@ model's own (``model.training_hooks()``) and any in ``train.hooks`` (a list of
 LazyCall'd hooks)."""
 import logging
 
+import torch
+
 from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -12,6 +14,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..checkpoint import DetrCheckpointer
+from .amp import MixedPrecisionTrainer, autocast_dtype, inference_autocast
 from .evaluation import apply_box_rule
 from .hooks import model_hooks
 
@@ -21,9 +24,12 @@ logger = logging.getLogger("detectron2")
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), apply_box_rule(instantiate(cfg.dataloader.evaluator))
-    )
+    amp = cfg.train.get("amp", {})
+    with inference_autocast(cfg.train.device, amp.get("inference", False), amp.get("precision", "auto"),
+                            option="train.amp.inference"):
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), apply_box_rule(instantiate(cfg.dataloader.evaluator))
+        )
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -52,6 +58,16 @@ def build_hooks(cfg, model, checkpointer, evaluate) -> list:
     ]
 
 
+def build_trainer(cfg, model, train_loader, optimizer) -> SimpleTrainer:
+    """``SimpleTrainer``, or with ``train.amp.enabled`` the mixed-precision one (``amp.py``)."""
+    amp = cfg.train.get("amp", {})
+    if not amp.get("enabled", False):
+        return SimpleTrainer(model, train_loader, optimizer)
+    device_type = torch.device(cfg.train.device).type
+    dtype = autocast_dtype(device_type, amp.get("precision", "auto"), option="train.amp.precision")
+    return MixedPrecisionTrainer(model, train_loader, optimizer, device_type, dtype)
+
+
 def do_train(cfg, resume: bool):
     """Train; returns the results of the last evaluation (the EvalHook runs one at the end)."""
     model = build_model(cfg)
@@ -61,7 +77,7 @@ def do_train(cfg, resume: bool):
     train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.get("ddp", {}))
-    trainer = SimpleTrainer(model, train_loader, optimizer)
+    trainer = build_trainer(cfg, model, train_loader, optimizer)
     last_results = {}
 
     def evaluate():

@@ -1,10 +1,12 @@
 """The yaml-config route: Detectron2's ``DefaultTrainer`` with the project's choices."""
+import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 
 from ..checkpoint import DetrCheckpointer
 from ..data.mappers import build_dataset_mapper
 from ..solver import build_optimizer
+from .amp import MixedPrecisionTrainer, autocast_dtype, inference_autocast
 from .evaluation import build_evaluator
 from .hooks import model_hooks
 
@@ -12,7 +14,23 @@ from .hooks import model_hooks
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the optimiser of ``SOLVER.OPTIMIZER``, data loaders using the
     mapper named by ``INPUT.DATASET_MAPPER``, the evaluator the dataset's metadata asks for
-    and the training hooks the model asks for."""
+    and the training hooks the model asks for; ``SOLVER.AMP.ENABLED`` trains with mixed
+    precision on CPUs too (bf16) and ``TEST.AMP.ENABLED`` evaluates with it (``amp.py``)."""
+
+    def __init__(self, cfg):
+        amp = cfg.SOLVER.AMP.ENABLED
+        # Detectron2's AMPTrainer would be built for AMP (CUDA only); ours replaces it.
+        super().__init__(_with_amp(cfg, False) if amp else cfg)
+        if amp:
+            self.cfg = _with_amp(self.cfg, True)
+            device_type = torch.device(cfg.MODEL.DEVICE).type
+            dtype = autocast_dtype(device_type, cfg.SOLVER.AMP.PRECISION)
+            self._trainer = MixedPrecisionTrainer.replacing(self._trainer, device_type, dtype)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        with inference_autocast(cfg.MODEL.DEVICE, cfg.TEST.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION):
+            return super().test(cfg, model, evaluators)
 
     def build_hooks(self):
         # Before the hooks take it: a checkpointer that also reads users' ResNet weights
@@ -48,3 +66,11 @@ class Trainer(DefaultTrainer):
         """Train; returns the results of the last evaluation (run after the last iteration)."""
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+
+def _with_amp(cfg, enabled: bool):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = enabled
+    cfg.freeze()
+    return cfg

@@ -64,6 +64,7 @@ from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from ..layers.precision import float32_region
 
 __all__ = ["average_over_workers", "LossTerm", "LabelCrossEntropy", "LabelFocal", "BoxL1GIoU", "SetCriterion"]
 
@@ -289,6 +290,7 @@ class SetCriterion(nn.Module):
                 raise ValueError(f"SetCriterion: loss key {key + suffix!r} produced by more than one term")
             out[key + suffix] = value * weight
 
+    @float32_region  # losses in float32 under mixed precision (layers/precision.py)
     def forward(
         self,
         outputs: Dict,

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
+from ..layers.precision import float32_region
 
 __all__ = ["BoxRefinementHeads", "DetrPredictionHeads", "MLP"]  # MLP: re-exported, it lives in layers
 
@@ -26,6 +27,7 @@ class DetrPredictionHeads(nn.Module):
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         self.aux_loss = aux_loss
 
+    @float32_region  # boxes and logits in float32 under mixed precision (layers/precision.py)
     def forward(self, hs: torch.Tensor) -> Dict:
         with_aux = self.aux_loss and self.training
         if not with_aux:
@@ -104,6 +106,7 @@ class BoxRefinementHeads(nn.Module):
             return (delta + logit_ref).sigmoid()
         return torch.cat([delta[..., :2] + logit_ref, delta[..., 2:]], -1).sigmoid()
 
+    @float32_region  # boxes and logits in float32 under mixed precision (layers/precision.py)
     def forward(self, hs: torch.Tensor, references: torch.Tensor) -> Dict:
         layers = range(hs.shape[0])
         if not (self.aux_loss and self.training):

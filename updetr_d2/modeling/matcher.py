@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ..layers.precision import float32_region
 
 __all__ = ["HungarianMatcher"]
 
@@ -138,6 +139,7 @@ class HungarianMatcher(nn.Module):
         return cost.view(B, Q, -1)
 
     @torch.no_grad()
+    @float32_region  # costs in float32 under mixed precision (layers/precision.py)
     def forward(self, outputs: Dict[str, Tensor], targets: Sequence[Dict[str, Tensor]]) -> Indices:
         B = outputs["pred_logits"].shape[0]
         if len(targets) != B:

@@ -39,6 +39,7 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...layers.precision import float32_region
 from ...modeling.criterion import average_over_workers
 from .atss_assign import assign_atss
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples
@@ -271,6 +272,7 @@ class ATSSAuxHead(AuxHead):
             valids.append(valid)
         return torch.stack(labels), torch.stack(targets), torch.stack(valids)
 
+    @float32_region  # box decoding, GIoU and focal sums in float32 under mixed precision
     def losses(
         self,
         anchors: Tensor,

@@ -53,6 +53,7 @@ from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ...layers.precision import to_float32
 from ...modeling.criterion import average_over_workers
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples
 
@@ -270,7 +271,9 @@ class FCOSAuxHead(AuxHead):
         feats = self._select_features(features, images, gt_instances)
         B = feats[0].shape[0]
 
-        logits, deltas, centerness = self.head(feats)
+        # The towers may run in low precision (autocast); assignment, box decoding and the
+        # losses take float32 (autocast lowers matmuls and convs only, none follows here).
+        logits, deltas, centerness = to_float32(self.head(feats))
         logits = cat([permute_to_N_HWA_K(x, self.num_classes) for x in logits], dim=1)  # [B, R, K]
         deltas = [permute_to_N_HWA_K(x, 4) for x in deltas]  # per level [B, R_l, 4]
         centerness = cat([permute_to_N_HWA_K(x, 1) for x in centerness], dim=1).squeeze(2)  # [B, R]

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ...layers.encoder_memory import EncoderMemory
+from ...layers.precision import float32_region
 from ..criterion import SetCriterion
 from ..queries import QueryBundle
 
@@ -269,6 +270,7 @@ class SetPredictionDetector(nn.Module):
             add_losses(losses, plugin.losses(self, state), type(plugin).__name__)
         return losses
 
+    @float32_region  # matching and losses of every route in float32 under mixed precision
     def set_losses(self, outputs: Dict, targets: List[Dict], queries: QueryBundle) -> Dict[str, Tensor]:
         """The criterion's losses, routed by ``queries.meta["loss_routes"]``: each route
         takes its part of the outputs (``split``) and supervises it its own way
