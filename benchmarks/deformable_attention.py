@@ -15,14 +15,23 @@ case (--decoder-queries queries). It compares, in the same run:
   head size) of the same queries over the same keys (all pixels of all levels);
 * the obviously-correct Python-loop reference (bilinear interpolation by hand),
   at a small size only (a 64x96 image, 16 queries), against the PyTorch
-  implementation timed at that same small size.
+  implementation timed at that same small size;
+* in the encoder case, the same function with ``recompute=True``
+  (``MODEL.DEFORMABLE_DETR.RECOMPUTE_SAMPLING``): each level's samples are made
+  again in backward instead of kept, trading time for memory. Its line gives its
+  time relative to the default's and both peak RSS growths. This is one call; in
+  a model the samples of every deformable layer are kept until backward by
+  default, so there the saving adds up over the layers.
 
-Times: the two cases of each comparison are timed in one process, their steps
-interleaved, so a busy machine slows both alike; medians of --repeats steps.
+Times: the cases of each comparison (the three encoder cases together) are timed
+in one process, their steps interleaved, so a busy machine slows them alike;
+medians of --repeats steps.
 Memory: each case also runs one step in a fresh process of its own, which reports
-the growth of its peak RSS over what it held once its inputs existed. A process
-may allocate at most --memory-gib GiB beyond that; a case that needs more is
-reported as not fitting (instead of swapping or waking the OOM killer).
+the growth of its peak RSS over what it held once its inputs existed, with glibc's
+mmap threshold fixed at 128 KiB so that freed tensors leave the RSS (a
+MALLOC_MMAP_THRESHOLD_ set in the environment is kept). A process may allocate at
+most --memory-gib GiB beyond that; a case that needs more is reported as not
+fitting (instead of swapping or waking the OOM killer).
 
 On a machine busy with other work, threads that spin in OpenMP barriers can make
 the many short parallel regions of ``grid_sample`` several times slower; run with
@@ -109,9 +118,10 @@ def make_case(spec):
         weights = torch.rand(B, Lq, M, L * P, generator=g).softmax(-1).view(B, Lq, M, L, P)
         inputs = [t.requires_grad_() for t in (value, locations, weights)]
         fn = naive_attention if spec["method"] == "naive" else multi_scale_deformable_attention
+        extra = (True,) if spec["method"] == "recompute" else ()
 
         def forward():
-            return fn(inputs[0], spatial_shapes, inputs[1], inputs[2])
+            return fn(inputs[0], spatial_shapes, inputs[1], inputs[2], *extra)
 
     def step():
         for t in inputs:
@@ -176,10 +186,19 @@ def timing_worker(specs):
 
 
 def run_worker(mode, payload):
+    env = dict(os.environ)
+    if mode == "memory":
+        # glibc's malloc raises its mmap threshold as large blocks are freed, so later
+        # blocks of up to 32 MiB stay in the heap after use and peak RSS depends on the
+        # order of allocations (+-50% between identical runs of a small case). A fixed
+        # threshold gives every tensor-sized block its own mapping, returned when freed:
+        # peak RSS then follows the live tensors. Other allocators ignore the variable.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"mode": mode, "payload": payload})],
         capture_output=True,
         text=True,
+        env=env,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("{", "["))]
     if proc.returncode != 0 or not lines:
@@ -215,6 +234,8 @@ def main():
     small = dict(common, batch=1, shapes=level_shapes(64, 96), queries=16)
     cases = {
         "deform_enc": ("deformable, encoder", dict(common, method="deform", shapes=shapes, queries="all")),
+        "recompute_enc": ("deformable recompute, encoder", dict(common, method="recompute", shapes=shapes,
+                                                                queries="all")),
         "dense_enc": ("dense SDPA, encoder", dict(common, method="dense", shapes=shapes, queries="all")),
         "deform_dec": ("deformable, decoder", dict(common, method="deform", shapes=shapes,
                                                    queries=args.decoder_queries)),
@@ -225,8 +246,12 @@ def main():
     }
     if args.skip_dense_encoder:
         del cases["dense_enc"]
-    # (slower, faster): timed together, interleaved.
-    pairs = [("dense_enc", "deform_enc"), ("dense_dec", "deform_dec"), ("naive_small", "deform_small")]
+    # Cases timed together, interleaved; the ratios below compare cases of one group.
+    groups = [("dense_enc", "deform_enc", "recompute_enc"), ("dense_dec", "deform_dec"),
+              ("naive_small", "deform_small")]
+    ratios = [("dense_enc", "deform_enc", "dense SDPA / deformable, encoder"),
+              ("dense_dec", "deform_dec", "dense SDPA / deformable, decoder"),
+              ("naive_small", "deform_small", "naive loops / deformable, small size")]
 
     print(f"Multi-scale deformable attention, forward + backward, {args.threads} threads, "
           f"median of {args.repeats} steps (naive: 1) after 1 warm-up")
@@ -235,8 +260,8 @@ def main():
           f"64x96 image -> {small['shapes']}, 16 queries")
     memory = {name: run_worker("memory", spec) for name, (_, spec) in cases.items()}
     seconds = {}
-    for pair in pairs:
-        names = [n for n in pair if n in cases and "error" not in memory[n]]
+    for group in groups:
+        names = [n for n in group if n in cases and "error" not in memory[n]]
         result = run_worker("time", [cases[n][1] for n in names]) if names else []
         if isinstance(result, dict):  # the worker failed
             for n in names:
@@ -244,22 +269,28 @@ def main():
             continue
         seconds.update(zip(names, result))
 
-    print(f"{'case':22s} {'queries':>8s} {'keys':>6s} {'time':>11s} {'peak RSS growth':>16s}")
+    print(f"{'case':29s} {'queries':>8s} {'keys':>6s} {'time':>11s} {'peak RSS growth':>16s}")
     for name, (label, _) in cases.items():
         m = memory[name]
-        head = f"{label:22s} {m.get('queries', 0):8d} {m.get('keys', 0):6d}"
+        head = f"{label:29s} {m.get('queries', 0):8d} {m.get('keys', 0):6d}"
         if name in seconds:
             print(f"{head} {seconds[name] * 1000:8.1f} ms {m['peak_mib']:12.0f} MiB")
         else:
             print(f"{head}  {m['error']}")
     print("ratios, time of the first / time of the second (timed together in this run):")
-    texts = ["dense SDPA / deformable, encoder", "dense SDPA / deformable, decoder",
-             "naive loops / deformable, small size"]
-    for (slow, fast), text in zip(pairs, texts):
+    for slow, fast, text in ratios:
         if slow in seconds and fast in seconds:
             print(f"  {text:40s} {seconds[slow] / seconds[fast]:8.2f}x")
         elif slow in cases and fast in cases:
             print(f"  {text:40s}      n/a (a case did not run; see above)")
+    # Recompute (encoder) against the default, both timed in one process.
+    if "recompute_enc" in seconds and "deform_enc" in seconds:
+        print(f"recompute: time {seconds['recompute_enc']:.3f} s "
+              f"({seconds['recompute_enc'] / seconds['deform_enc']:.2f}x default), "
+              f"memory +{memory['recompute_enc']['peak_mib']:.0f} MiB "
+              f"(vs +{memory['deform_enc']['peak_mib']:.0f} MiB)")
+    else:
+        print("recompute: n/a (a case did not run; see above)")
 
 
 if __name__ == "__main__":

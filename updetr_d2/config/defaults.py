@@ -78,6 +78,8 @@ def add_deformable_detr_config(cfg):
     dd.ANCHOR_INDICATOR = True
     dd.FOCAL_ALPHA = 0.25
     dd.TEST_TOPK = 100  # detections kept per image: the best (query, class) pairs
+    # Sample again in backward instead of keeping deformable attention's samples: less memory, slower steps.
+    dd.RECOMPUTE_SAMPLING = False
     # Learning rate multiplier of the sampling offsets and reference point projections.
     cfg.SOLVER.OFFSET_LR_MULTIPLIER = 1.0
     return cfg

@@ -50,9 +50,10 @@ __all__ = [
 class DeformableEncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then a FFN; post-norm."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4,
+                 recompute_sampling=False):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, recompute=recompute_sampling)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -75,9 +76,10 @@ class DeformableDecoderLayer(nn.Module):
     """Masked self-attention among the queries, deformable cross-attention into the
     memory around each query's reference, FFN; post-norm."""
 
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4):
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4,
+                 recompute_sampling=False):
         super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, recompute=recompute_sampling)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = MultiheadAttention(d_model, n_heads, dropout=dropout)
@@ -229,6 +231,10 @@ class DeformableTransformer(nn.Module):
     ``encode(srcs, masks, pos_embeds)`` -> :class:`EncoderMemory`;
     ``two_stage_proposals(encoded, class_head, box_head, k)`` -> the top-k encoder
     proposals as queries; ``decode(...)`` -> (hs, references) of :class:`DeformableDecoder`.
+
+    ``recompute_sampling`` makes every deformable attention sample again in backward
+    instead of keeping its samples: less training memory, more time (``MSDeformAttn``'s
+    ``recompute``); the results are the same.
     """
 
     def __init__(
@@ -245,10 +251,11 @@ class DeformableTransformer(nn.Module):
         dec_n_points: int = 4,
         two_stage: bool = False,
         anchor_queries: bool = False,
+        recompute_sampling: bool = False,
     ):
         super().__init__()
         common = dict(d_ffn=dim_feedforward, dropout=dropout, activation=activation,
-                      n_levels=num_feature_levels, n_heads=nhead)
+                      n_levels=num_feature_levels, n_heads=nhead, recompute_sampling=recompute_sampling)
         self.d_model = d_model
         self.nhead = nhead
         self.num_feature_levels = num_feature_levels

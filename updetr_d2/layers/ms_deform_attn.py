@@ -21,6 +21,15 @@ Conventions
 GPU, any float dtype, autograd). If the original code's compiled extension
 ``MultiScaleDeformableAttention`` is importable, :func:`ms_deform_attn` uses it for
 float32/float64 CUDA tensors; a missing kernel just means the PyTorch path.
+
+Memory: to differentiate the weighted sum, autograd keeps every level's samples
+([B * n_heads, head_dim, Lq, P] per level; for the encoder, whose queries are all
+S positions, n_levels * n_points times the size of ``value``) until backward.
+``recompute=True`` keeps only the inputs of each level's sampling and samples that
+level again in backward, just before its gradient is taken: less peak memory in
+training (at most one level's samples exist at a time, in the whole model), at
+the price of a second sampling pass. The compiled kernel needs no such option:
+its backward reads the value maps directly.
 """
 import math
 from typing import Optional, Tuple
@@ -29,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 try:  # The original Deformable DETR's CUDA extension, if someone built it.
     import MultiScaleDeformableAttention as _C
@@ -46,8 +56,19 @@ __all__ = [
 HAS_COMPILED_KERNEL = _C is not None
 
 
+def _sample_and_weigh(value_l: Tensor, grid: Tensor, weights_l: Tensor) -> Tensor:
+    """One level: [B*M, D, H, W] sampled at grid [B*M, Lq, P, 2] ([-1, 1]), weighted by
+    [B*M, 1, Lq, P] and summed over the points -> [B*M, D, Lq]."""
+    sampled = F.grid_sample(value_l, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (sampled * weights_l).sum(-1)
+
+
 def multi_scale_deformable_attention(
-    value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+    value: Tensor,
+    spatial_shapes: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    recompute: bool = False,
 ) -> Tensor:
     """Sample ``value`` at ``sampling_locations`` and sum with ``attention_weights``.
 
@@ -59,6 +80,9 @@ def multi_scale_deformable_attention(
             centres at (j + 0.5) / W (``align_corners=False``); outside [0, 1] the
             map is zero.
         attention_weights: [B, Lq, n_heads, L, P], already normalised.
+        recompute: when a gradient will be taken, keep no samples for backward but
+            sample each level again there (see the module docstring); the same
+            result and gradients.
 
     Returns:
         [B, Lq, n_heads * head_dim], head-major channels.
@@ -77,6 +101,10 @@ def multi_scale_deformable_attention(
     # [B, M, Lq, L, P, ...]: heads next to batch, like value.
     locations = sampling_locations.transpose(1, 2)
     weights = attention_weights.transpose(1, 2)
+    # Without a gradient to take nothing is kept anyway: checkpointing would only cost.
+    recompute = recompute and torch.is_grad_enabled() and (
+        value.requires_grad or locations.requires_grad or weights.requires_grad
+    )
 
     output = None
     start = 0
@@ -85,10 +113,18 @@ def multi_scale_deformable_attention(
         start += h * w
         # grid_sample wants [-1, 1]; the points of a query play the role of the output width.
         grid = (2 * locations[:, :, :, level] - 1).reshape(B * M, Lq, P, 2)
-        sampled = F.grid_sample(value_l, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        # [B*M, D, Lq, P] x [B*M, 1, Lq, P] summed over points: only one level's
-        # samples exist at a time (plus what autograd keeps), never all L*P stacked.
-        contribution = (sampled * weights[:, :, :, level].reshape(B * M, 1, Lq, P)).sum(-1)
+        weights_l = weights[:, :, :, level].reshape(B * M, 1, Lq, P)
+        # [B*M, D, Lq, P] samples summed over points: only one level's samples exist at
+        # a time (plus what autograd keeps), never all L*P stacked.
+        if recompute:
+            # A checkpoint per level rather than around the whole function: backward
+            # then remakes one level's samples at a time, not all levels' at once.
+            # Sampling draws no random numbers, so no RNG state needs restoring.
+            contribution = checkpoint(
+                _sample_and_weigh, value_l, grid, weights_l, use_reentrant=False, preserve_rng_state=False
+            )
+        else:
+            contribution = _sample_and_weigh(value_l, grid, weights_l)
         output = contribution if output is None else output + contribution
     return output.view(B, M * D, Lq).transpose(1, 2).contiguous()
 
@@ -129,10 +165,13 @@ def ms_deform_attn(
     sampling_locations: Tensor,
     attention_weights: Tensor,
     im2col_step: int = 64,
+    recompute: bool = False,
 ) -> Tensor:
     """:func:`multi_scale_deformable_attention`, by the compiled kernel when :func:`use_compiled_kernel`.
 
     ``level_start_index`` and ``im2col_step`` are only used by the kernel.
+    ``recompute`` applies to the PyTorch path only (less memory, more time; see the
+    module docstring): the kernel keeps no samples for backward anyway.
     """
     if use_compiled_kernel(value):
         dtype = value.dtype
@@ -144,7 +183,7 @@ def ms_deform_attn(
             attention_weights.to(dtype).contiguous(),
             im2col_step,
         )
-    return multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights)
+    return multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights, recompute)
 
 
 class MSDeformAttn(nn.Module):
@@ -154,11 +193,16 @@ class MSDeformAttn(nn.Module):
     are named and shaped as in Deformable DETR, so its checkpoints load key for key.
     Sampling offsets are laid out [n_heads, n_levels, n_points, (x, y)], attention
     weights [n_heads, n_levels * n_points].
+
+    ``recompute=True`` trades time for memory in training: the sampled values are
+    computed again in backward instead of being kept (see :func:`ms_deform_attn`).
     """
 
     im2col_step = 64  # the compiled kernel's chunk size over the batch
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(
+        self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, recompute: bool = False
+    ):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -166,6 +210,7 @@ class MSDeformAttn(nn.Module):
         self.n_levels = n_levels
         self.n_heads = n_heads
         self.n_points = n_points
+        self.recompute = recompute
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -269,5 +314,7 @@ class MSDeformAttn(nn.Module):
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(B, S, self.n_heads, self.d_model // self.n_heads)
         locations, weights = self.compute_sampling(query, reference_points, spatial_shapes)
-        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, self.im2col_step)
+        output = ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, self.im2col_step, recompute=self.recompute
+        )
         return self.output_proj(output)

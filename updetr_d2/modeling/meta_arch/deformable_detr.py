@@ -192,6 +192,7 @@ class DeformableDetr(SetPredictionDetector):
                 dec_n_points=dd.DEC_N_POINTS,
                 two_stage=dd.TWO_STAGE,
                 anchor_queries=dd.ANCHOR_QUERIES,
+                recompute_sampling=dd.RECOMPUTE_SAMPLING,
             ),
             "query_generator": build_deformable_query_generator(cfg),
             "criterion": build_deformable_criterion(cfg),
