@@ -9,6 +9,8 @@ from detectron2.modeling import Backbone
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..layers.folded_norm import fold_frozen_batchnorm
+
 
 def padding_mask(images: ImageList) -> torch.Tensor:
     """[B, H, W] bool mask of the padded batch: True where a pixel is padding."""
@@ -43,6 +45,9 @@ class MaskedBackbone(nn.Module):
             raise ValueError(
                 f"Backbone {type(backbone).__name__} has no output {missing}; it gives {sorted(shapes)}"
             )
+        # Frozen norms computed inside their convolutions: the same function, fewer passes
+        # over the activations (layers/folded_norm.py).
+        fold_frozen_batchnorm(backbone)
         self.backbone = backbone
         self.in_features = list(in_features)
         self.num_channels = [shapes[f].channels for f in self.in_features]
