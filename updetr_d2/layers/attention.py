@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import dropout
+
 __all__ = ["build_attention_mask", "MultiheadAttention"]
 
 
@@ -136,6 +138,19 @@ def build_attention_mask(
     return ~merged
 
 
+def attention_with_cpu_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], p: float) -> Tensor:
+    """``F.scaled_dot_product_attention`` with attention dropout ``p``, computed as its math
+    path does, but with the dropout mask of :mod:`.dropout` (PyTorch's CPU dropout draws one
+    random number per attention weight: at 800x1066 a third of a bf16 DETR-R50 step). The
+    ``1 / (1 - p)`` scale is applied to the output, which is smaller than the weights.
+    ``attn_mask``: prepared by :func:`build_attention_mask` (no fully blocked row)."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = dropout(scores.softmax(-1), p, rescale=False)
+    return torch.matmul(weights, v) * (1.0 / (1.0 - p))
+
+
 class MultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` (batch_first=False, bias=True, equal q/k/v dims)
     computed with ``F.scaled_dot_product_attention``.
@@ -200,9 +215,12 @@ class MultiheadAttention(nn.Module):
         q = q.view(L, B, h, d).permute(1, 2, 0, 3)
         k = k.view(S, B, h, d).permute(1, 2, 0, 3)
         v = v.view(S, B, h, d).permute(1, 2, 0, 3)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            out = attention_with_cpu_dropout(q, k, v, attn_mask, self.dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         out = out.permute(2, 0, 1, 3).reshape(L, B, E)
         return self.out_proj(out)
 

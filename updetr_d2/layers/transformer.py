@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiheadAttention, build_attention_mask
+from .dropout import Dropout
 from .encoder_memory import EncoderMemory
 
 __all__ = [
@@ -65,11 +66,11 @@ class _AttentionFFNLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         for i in range(1, num_sublayers + 1):
             setattr(self, f"norm{i}", nn.LayerNorm(d_model))
-            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+            setattr(self, f"dropout{i}", Dropout(dropout))
         self.activation = activation_fn(activation)
         self.normalize_before = normalize_before
 
