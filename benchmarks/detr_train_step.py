@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time a DETR-R50 training step on the CPU, and the matcher + criterion share of it.
+"""Time a DETR-R50 training step on the CPU: ours in fp32 and bf16 against the original DETR.
 
     python benchmarks/detr_train_step.py                       # batch 2 at 800x1066
     python benchmarks/detr_train_step.py --height 512 --width 683
@@ -7,32 +7,27 @@
 
 A step is what training does: forward, set criterion with auxiliary losses, backward,
 full-model gradient clipping (0.1) and AdamW, on random weights and random images with
-7 boxes each. It prints the median of --steps steps after warm-up, the matcher +
-criterion time and its ratio to the step, and the peak RSS. With --reference-detr (a
-checkout of the original DETR code, which is not part of this project) the original
-model is timed on identical inputs in the same run and the ratio ours/original is printed.
+7 boxes each. Arms (each in a process of its own, one after the other; see _timing.py):
+``ours-fp32``, ``ours-bf16`` (forward under CPU bf16 autocast, as ``SOLVER.AMP.ENABLED``
+trains) and, with --reference-detr (a checkout of the original DETR code, not part of
+this project), ``original-fp32`` on identical inputs. Printed: the median of --steps steps
+after warm-up, peak RSS, GMAC per step, MFU against this machine's GEMM rate measured in the
+same run, the matcher + criterion share of our step, and the ratios of the targets
+(fp32 <= 0.85x the original, bf16 <= 0.5x the original's fp32 step). Extra arguments
+after the options are config overrides for our model (KEY VALUE ...).
 """
 import argparse
 import os
-import resource
-import statistics
 import sys
-import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import arm_main, autocast, child_argv, machine_rates, print_table, ratio_line, run_arms  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def median_time(fn, steps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255  # the original's ImageNet normalisation
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
 
 
 def random_batch(batch, height, width, boxes, seed=0):
@@ -47,81 +42,106 @@ def random_batch(batch, height, width, boxes, seed=0):
     return images, targets
 
 
-def ours(images, targets):
+def build_ours(config: str, opts):
     import updetr_d2  # noqa: F401
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
-    from detectron2.structures import Boxes, Instances
-    from detectron2.utils.events import EventStorage
     from updetr_d2 import add_updetr_config
-    from updetr_d2.solver import build_optimizer
 
     cfg = get_cfg()
     add_updetr_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "detr", "detr_r50.yaml"))
-    cfg.merge_from_list(args.opts)
+    cfg.merge_from_file(os.path.join(ROOT, config))
+    cfg.merge_from_list([o for o in opts if o != "--"])  # "--" ends --arms before overrides
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(0)
-    model = build_model(cfg).train()
-    optimizer = build_optimizer(cfg, model)
+    return cfg, build_model(cfg)
+
+
+def ours_inputs(images, targets):
+    from detectron2.structures import Boxes, Instances
+
     inputs = []
     for image, (boxes, labels) in zip(images, targets):
         inst = Instances(tuple(image.shape[1:]))
         inst.gt_boxes, inst.gt_classes = Boxes(boxes), labels
         inputs.append({"image": image, "instances": inst})
+    return inputs
+
+
+def ours_train_step(cfg, model, inputs, precision):
+    """Our training step as ``MixedPrecisionTrainer`` runs it (forward under autocast)."""
+    from detectron2.utils.events import EventStorage
+    from updetr_d2.solver import build_optimizer
+
+    model.train()
+    optimizer = build_optimizer(cfg, model)  # AdamW with full-model clipping (SOLVER.CLIP_GRADIENTS)
     storage = EventStorage()
 
     def step():
-        with storage:
+        with storage, autocast(precision):
             loss = sum(model(inputs).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    step_time = median_time(step, args.steps)
+    return step
+
+
+def ours(args, precision):
+    cfg, model = build_ours("configs/detr/detr_r50.yaml", args.opts)
+    images, targets = random_batch(args.batch, args.height, args.width, args.boxes)
+    inputs = ours_inputs(images, targets)
+    step = ours_train_step(cfg, model, inputs, precision)
+    if precision != "fp32":
+        return step
+    from detectron2.utils.events import EventStorage
+
     with torch.no_grad():
         state = model.run_phases(inputs)
-    outputs, prepared = state.outputs, state.targets
 
     def criterion():
-        with storage:
-            model.criterion(outputs, prepared)
+        with EventStorage():
+            model.criterion(state.outputs, state.targets)
 
-    return step_time, median_time(criterion, args.steps)
+    return step, {"matcher + criterion": criterion}
 
 
-def reference(path, images, targets):
-    """The original DETR (models.build_model from a checkout of its repository)."""
+def import_original(path):
+    """The original DETR's ``main.get_args_parser`` and ``models.build_model``, with random
+    weights like ours (it would ask torchvision for ImageNet weights: a download)."""
     import torchvision
 
-    # Random weights like ours: the original asks torchvision for ImageNet weights (a download).
     resnet50 = torchvision.models.resnet50
     torchvision.models.resnet50 = lambda *a, pretrained=False, **k: resnet50(*a, weights=None, **k)
     sys.path.insert(0, path)
     from main import get_args_parser  # noqa: E402  (the original code's own argument defaults)
     from models import build_model  # noqa: E402
 
-    ref_args = get_args_parser().parse_args(["--device", "cpu", "--lr_backbone", "1e-5"])
-    torch.manual_seed(0)
-    model, criterion, _ = build_model(ref_args)
-    model.train()
-    params = [
-        {"params": [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]},
-        {"params": [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad], "lr": 1e-5},
-    ]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
-    samples = [(im - mean) / std for im in images]
-    ref_targets = []
+    return get_args_parser, build_model
+
+
+def original_targets(images, targets):
+    out = []
     for image, (boxes, labels) in zip(images, targets):
         h, w = image.shape[1:]
         xyxy = boxes / torch.tensor([w, h, w, h])
         cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
-        ref_targets.append({"boxes": cxcywh, "labels": labels})
+        out.append({"boxes": cxcywh, "labels": labels})
+    return out
+
+
+def original_train_step(model, criterion, forward, ref_targets, lr_backbone, precision="fp32"):
+    """The original engine's step: weighted loss sum, AdamW (backbone at its own lr), clip 0.1."""
+    model.train()
+    params = [
+        {"params": [p for n, p in model.named_parameters() if "backbone" not in n and p.requires_grad]},
+        {"params": [p for n, p in model.named_parameters() if "backbone" in n and p.requires_grad], "lr": lr_backbone},
+    ]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
 
     def step():
-        outputs = model(samples)
+        with autocast(precision):
+            outputs = forward()
         losses = criterion(outputs, ref_targets)
         loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
         optimizer.zero_grad()
@@ -129,28 +149,53 @@ def reference(path, images, targets):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
 
-    return median_time(step, args.steps)
+    return step
 
 
-if __name__ == "__main__":
+def original(args, precision="fp32"):
+    get_args_parser, build_model = import_original(args.reference_detr)
+    ref_args = get_args_parser().parse_args(["--device", "cpu", "--lr_backbone", "1e-5"])
+    torch.manual_seed(0)
+    model, criterion, _ = build_model(ref_args)
+    images, targets = random_batch(args.batch, args.height, args.width, args.boxes)
+    samples = [(im - MEAN) / STD for im in images]
+    return original_train_step(model, criterion, lambda: model(samples), original_targets(images, targets), 1e-5,
+                               precision)
+
+
+ARMS = {"ours-fp32": lambda a: ours(a, "fp32"), "ours-bf16": lambda a: ours(a, "bf16"), "original-fp32": original}
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--boxes", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--reference-detr", default=None, help="path to a checkout of facebookresearch/detr")
+    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: every arm available")
+    parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
-    args = parser.parse_args()
-    images, targets = random_batch(args.batch, args.height, args.width, args.boxes)
-    print(f"DETR-R50 training step, batch {args.batch} at {args.height}x{args.width}, "
-          f"{args.boxes} boxes/image, {torch.get_num_threads()} threads, median of {args.steps}")
-    step_time, criterion_time = ours(images, targets)
-    print(f"updetr_d2 step:            {step_time:8.3f} s")
-    print(f"matcher + criterion:       {criterion_time * 1000:8.1f} ms  "
-          f"({100 * criterion_time / step_time:.2f}% of a step; target < 1%)")
-    print(f"peak RSS so far:           {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:8.2f} GiB")
-    if args.reference_detr:
-        ref_time = reference(args.reference_detr, images, targets)
-        print(f"original DETR step:        {ref_time:8.3f} s")
-        print(f"ratio updetr_d2/original:  {step_time / ref_time:8.3f}  (target <= 0.85)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.arm:
+        arm_main(ARMS, args)
+        sys.exit(0)
+    names = args.arms or [n for n in ARMS if args.reference_detr or not n.startswith("original")]
+    argv = child_argv(args, ["batch", "height", "width", "boxes", "steps", "reference_detr"])
+    print(f"DETR-R50 training step, batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, "
+          f"{torch.get_num_threads()} threads, median of {args.steps}", flush=True)
+    rates = machine_rates()
+    results = run_arms(os.path.abspath(__file__), names, argv)
+    print_table(results, rates, "DETR-R50 training step")
+    for name, r in results.items():
+        for part, seconds in r.get("parts", {}).items():
+            print(f"  {part} in {name}: {seconds * 1000:.1f} ms ({seconds / r['seconds']:.2%} of a step)")
+    for line in (ratio_line(results, "ours-fp32", "original-fp32", 0.85),
+                 ratio_line(results, "ours-bf16", "original-fp32", 0.5)):
+        if line:
+            print(line)
