@@ -1,6 +1,6 @@
 """Frozen batch norms folded into their convolutions (layers/folded_norm.py): the same
 features and gradients as the unfolded backbone, the same checkpoint keys, statistics read
-at every call, and DETR's backbone folded when it is built."""
+at every call, and DETR's backbone folded (and channels-last) when it is built."""
 import copy
 import os
 
@@ -85,3 +85,20 @@ def test_detr_backbone_is_built_folded_and_unfrozen_norms_are_left_alone():
     assert convs and all(type(m) is FoldedNormConv2d for m in convs)
     plain = Conv2d(4, 4, 1, norm=torch.nn.GroupNorm(2, 4))
     assert fold_frozen_batchnorm(plain) == 0 and type(plain) is Conv2d
+
+
+def test_masked_backbone_runs_channels_last_and_gives_the_plain_backbones_features():
+    from detectron2.structures import ImageList
+
+    torch.manual_seed(0)
+    plain = build_backbone(r50_cfg())
+    randomise_norms(plain)
+    masked = MaskedBackbone(copy.deepcopy(plain), ["res5"])
+    conv_weights = [m.weight for m in masked.modules() if isinstance(m, Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
+    images = ImageList.from_tensors([torch.randn(3, 64, 96), torch.randn(3, 48, 80)], 32)
+    features, levels = masked.forward_all(images)
+    expected = plain(images.tensor)
+    scale = expected["res5"].abs().max().item()
+    assert torch.allclose(features["res5"], expected["res5"], rtol=1e-4, atol=1e-4 * scale)
+    assert [tuple(m.shape) for _, m in levels] == [(2, 2, 3)]
