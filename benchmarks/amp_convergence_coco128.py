@@ -11,6 +11,7 @@ iteration of each; writes the losses, learning rate and AP curves of both runs, 
 to ``--plot``.
 
     python benchmarks/amp_convergence_coco128.py --iters 1000
+    python benchmarks/amp_convergence_coco128.py --seed 1 --output output/bench_amp_convergence_coco128_seed1
 
 Finished runs are reused and killed ones resume when the command is run again.
 """
@@ -40,6 +41,7 @@ def main():
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--eval-period", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "bench_amp_convergence_coco128"))
     parser.add_argument("--plot", default=None, help="PNG of the curves (default: <output>/curves.png)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for both runs")
@@ -54,7 +56,7 @@ def main():
     if not cpu_supports_bf16():
         print("note: this CPU has no native bf16, so the 'bf16' run trains in fp32")
     common = ["DATASETS.TRAIN", "('coco128_train',)", "DATASETS.TEST", "('coco128_val',)",
-              "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.IMS_PER_BATCH", str(args.batch), "SEED", "0",
+              "MODEL.DETR.NUM_CLASSES", "80", "SOLVER.IMS_PER_BATCH", str(args.batch), "SEED", str(args.seed),
               "TEST.EVAL_PERIOD", str(args.eval_period), *schedule(args.iters), *args.opts]
     runs, finals = {}, {}
     for arm, extra in ARMS.items():
@@ -67,7 +69,7 @@ def main():
                            s_per_iter=seconds_per_iter(os.path.join(out, "run.log")))
     plot = plot_metrics(runs, args.plot or os.path.join(args.output, "curves.png"))
 
-    print(f"\nCOCO128 val, Deformable DETR demo size, {args.iters} iterations at batch {args.batch}, seed 0:")
+    print(f"\nCOCO128 val, Deformable DETR demo size, {args.iters} iterations at batch {args.batch}, seed {args.seed}:")
     for arm, f in finals.items():
         print(f"  {arm:5s} AP {f.get('AP', float('nan')):6.2f}  AP50 {f.get('AP50', float('nan')):6.2f}  "
               f"losses finite: {f['finite']}  {f['s_per_iter']:.3f} s/iter")

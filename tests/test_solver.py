@@ -73,3 +73,24 @@ def test_sgd_keeps_detectron2s_optimizer():
     cfg.SOLVER.OPTIMIZER = "Adagrad"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(cfg, Toy())
+
+
+def test_adamw_is_fused_where_available_and_updates_like_the_default():
+    from updetr_d2.solver import fused_adamw
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    fused = fused_adamw(a.parameters(), lr=1e-2, weight_decay=1e-4)  # a generator of parameters
+    default = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=1e-4)
+    assert fused.defaults.get("fused") is True
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for model, opt in ((a, fused), (b, default)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert fused_adamw([torch.nn.Parameter(torch.ones(2))], lr=1e-3, foreach=True).defaults["fused"] in (None, False)
