@@ -9,6 +9,7 @@ step (``torch.utils.flop_counter``: convolutions, matmuls, attention; forward an
 and the model FLOP utilisation: achieved MAC/s over this machine's GEMM rate in the arm's
 precision, measured in the same invocation (``gemm_rate``).
 """
+import argparse
 import contextlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-__all__ = ["PRECISIONS", "arm_main", "autocast", "child_argv", "count_macs", "gemm_rate", "machine_rates", "median_time",
+__all__ = ["PRECISIONS", "add_arm_arguments", "arm_main", "autocast", "child_argv", "run_benchmark", "count_macs", "gemm_rate", "machine_rates", "median_time",
            "print_table", "ratio_line", "run_arms"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -130,3 +131,34 @@ def machine_rates() -> Dict[str, float]:
     """The GEMM rate of each precision this benchmark runs (fp32, bf16)."""
     return {p: gemm_rate(d or torch.float32) for p, d in PRECISIONS.items()}
 
+
+
+def add_arm_arguments(parser: argparse.ArgumentParser, arms: Dict[str, Callable], steps: int) -> None:
+    """The options every arms benchmark has: --steps, --arms, the internal --arm, and config
+    overrides for our model after the options (``--`` ends --arms before them)."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--arms", nargs="+", default=None, choices=list(arms), help="default: every arm available")
+    parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
+
+
+def run_benchmark(script: str, arms: Dict[str, Callable], args, options: List[str], reference: str,
+                  title: str, targets: Dict[str, float]):
+    """In an arm's process: run it (``arm_main``). Else: every arm available (the original's
+    only when ``args.<reference>`` names its checkout) in its own process, the table, and the
+    ratio of each ``targets`` arm to the original's fp32 step with its target."""
+    if args.arm:
+        arm_main(arms, args)
+        return None
+    names = args.arms or [n for n in arms if getattr(args, reference) or not n.startswith("original")]
+    rates = machine_rates()
+    results = run_arms(script, names, child_argv(args, options + ["steps", reference]))
+    print_table(results, rates, title)
+    for name, r in results.items():
+        for part, seconds in r.get("parts", {}).items():
+            print(f"  {part} in {name}: {seconds * 1000:.1f} ms ({seconds / r['seconds']:.2%} of a step)")
+    for ours, target in targets.items():
+        line = ratio_line(results, ours, "original-fp32", target)
+        if line:
+            print(line)
+    return results

@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import arm_main, autocast, child_argv, machine_rates, print_table, ratio_line, run_arms  # noqa: E402
+from _timing import add_arm_arguments, autocast, run_benchmark  # noqa: E402
 from detr_train_step import MEAN, STD, build_ours, import_original, random_batch  # noqa: E402
 
 
@@ -60,23 +60,11 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
-    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--reference-detr", default=None, help="path to a checkout of facebookresearch/detr")
-    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: every arm available")
-    parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
+    add_arm_arguments(parser, ARMS, steps=7)
     args = parser.parse_args()
-    if args.arm:
-        arm_main(ARMS, args)
-        sys.exit(0)
-    names = args.arms or [n for n in ARMS if args.reference_detr or not n.startswith("original")]
-    print(f"DETR-R50 inference, batch {args.batch} at {args.height}x{args.width}, {torch.get_num_threads()} threads, "
-          f"median of {args.steps}", flush=True)
-    rates = machine_rates()
-    results = run_arms(os.path.abspath(__file__), names,
-                       child_argv(args, ["batch", "height", "width", "steps", "reference_detr"]))
-    print_table(results, rates, "DETR-R50 inference")
-    for line in (ratio_line(results, "ours-fp32", "original-fp32", 0.9),
-                 ratio_line(results, "ours-bf16", "original-fp32", 0.5)):
-        if line:
-            print(line)
+    if not args.arm:
+        print(f"DETR-R50 inference, batch {args.batch} at {args.height}x{args.width}, "
+              f"{torch.get_num_threads()} threads, median of {args.steps}", flush=True)
+    run_benchmark(os.path.abspath(__file__), ARMS, args, ["batch", "height", "width"], "reference_detr",
+                  "DETR-R50 inference", {"ours-fp32": 0.9, "ours-bf16": 0.5})

@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import arm_main, autocast, child_argv, machine_rates, print_table, ratio_line, run_arms  # noqa: E402
+from _timing import add_arm_arguments, autocast, run_benchmark  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255  # the original's ImageNet normalisation
@@ -166,36 +166,17 @@ def original(args, precision="fp32"):
 ARMS = {"ours-fp32": lambda a: ours(a, "fp32"), "ours-bf16": lambda a: ours(a, "bf16"), "original-fp32": original}
 
 
-def parse_args():
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--boxes", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--reference-detr", default=None, help="path to a checkout of facebookresearch/detr")
-    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: every arm available")
-    parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
-    return parser.parse_args()
-
-
-if __name__ == "__main__":
-    args = parse_args()
-    if args.arm:
-        arm_main(ARMS, args)
-        sys.exit(0)
-    names = args.arms or [n for n in ARMS if args.reference_detr or not n.startswith("original")]
-    argv = child_argv(args, ["batch", "height", "width", "boxes", "steps", "reference_detr"])
-    print(f"DETR-R50 training step, batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, "
-          f"{torch.get_num_threads()} threads, median of {args.steps}", flush=True)
-    rates = machine_rates()
-    results = run_arms(os.path.abspath(__file__), names, argv)
-    print_table(results, rates, "DETR-R50 training step")
-    for name, r in results.items():
-        for part, seconds in r.get("parts", {}).items():
-            print(f"  {part} in {name}: {seconds * 1000:.1f} ms ({seconds / r['seconds']:.2%} of a step)")
-    for line in (ratio_line(results, "ours-fp32", "original-fp32", 0.85),
-                 ratio_line(results, "ours-bf16", "original-fp32", 0.5)):
-        if line:
-            print(line)
+    add_arm_arguments(parser, ARMS, steps=5)
+    args = parser.parse_args()
+    if not args.arm:
+        print(f"DETR-R50 training step, batch {args.batch} at {args.height}x{args.width}, {args.boxes} boxes/image, "
+              f"{torch.get_num_threads()} threads, median of {args.steps}", flush=True)
+    run_benchmark(os.path.abspath(__file__), ARMS, args, ["batch", "height", "width", "boxes"], "reference_detr",
+                  "DETR-R50 training step", {"ours-fp32": 0.85, "ours-bf16": 0.5})

@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import arm_main, child_argv, machine_rates, print_table, ratio_line, run_arms  # noqa: E402
+from _timing import add_arm_arguments, run_benchmark  # noqa: E402
 from detr_train_step import (  # noqa: E402
     MEAN, STD, build_ours, import_original, original_targets, original_train_step, ours_train_step, random_batch,
 )
@@ -80,23 +80,11 @@ if __name__ == "__main__":
     parser.add_argument("--width", type=int, default=600)
     parser.add_argument("--patches", type=int, default=10)
     parser.add_argument("--patch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--reference-updetr", default=None, help="path to a checkout of dddzg/up-detr")
-    parser.add_argument("--arms", nargs="+", default=None, choices=list(ARMS), help="default: every arm available")
-    parser.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for our model (KEY VALUE ...)")
+    add_arm_arguments(parser, ARMS, steps=5)
     args = parser.parse_args()
-    if args.arm:
-        arm_main(ARMS, args)
-        sys.exit(0)
-    names = args.arms or [n for n in ARMS if args.reference_updetr or not n.startswith("original")]
-    print(f"UP-DETR-R50 pretraining step, batch {args.batch} at {args.height}x{args.width}, {args.patches} patches of "
-          f"{args.patch_size} px, {torch.get_num_threads()} threads, median of {args.steps}", flush=True)
-    rates = machine_rates()
-    results = run_arms(os.path.abspath(__file__), names, child_argv(
-        args, ["batch", "height", "width", "patches", "patch_size", "steps", "reference_updetr"]))
-    print_table(results, rates, "UP-DETR-R50 pretraining step")
-    for line in (ratio_line(results, "ours-fp32", "original-fp32", 0.85),
-                 ratio_line(results, "ours-bf16", "original-fp32", 0.5)):
-        if line:
-            print(line)
+    if not args.arm:
+        print(f"UP-DETR-R50 pretraining step, batch {args.batch} at {args.height}x{args.width}, {args.patches} "
+              f"patches of {args.patch_size} px, {torch.get_num_threads()} threads, median of {args.steps}", flush=True)
+    run_benchmark(os.path.abspath(__file__), ARMS, args, ["batch", "height", "width", "patches", "patch_size"],
+                  "reference_updetr", "UP-DETR-R50 pretraining step", {"ours-fp32": 0.85, "ours-bf16": 0.5})
