@@ -1,9 +1,9 @@
 """Mixed precision for training and inference, on CPUs as on GPUs.
 
 Detectron2 v0.6's ``AMPTrainer`` asserts CUDA, so a CPU user of Detectron2 trains in fp32
-only. CPUs with AVX-512 BF16 or AMX multiply bf16 matrices several times faster than fp32
-(``benchmarks/gemm_rate.py`` measures it), and bf16 keeps fp32's exponent range, so it
-needs no loss scaling. Hence:
+only. CPUs with AVX-512 BF16 or AMX multiply bf16 matrices faster than fp32 (~2.1x on the
+2-core machine of ``benchmarks/README.md``, whose speed benchmarks measure both rates), and
+bf16 keeps fp32's exponent range, so it needs no loss scaling. Hence:
 
 * CPU: bf16 autocast when the CPU supports it; otherwise fp32 with one log line.
 * CUDA: fp16 autocast with a gradient scaler (Detectron2's behaviour), or bf16 without
