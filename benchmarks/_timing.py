@@ -46,7 +46,7 @@ def median_time(fn: Callable, steps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def gemm_rate(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+def gemm_rate(dtype: torch.dtype, n: int = 4096, repeats: int = 10) -> float:
     """Multiply-accumulates per second of an ``n x n`` by ``n x n`` matmul in ``dtype`` on this
     machine with this process's threads (the best of ``repeats``: the machine's attainable rate)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
