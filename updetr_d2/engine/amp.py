@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 from detectron2.engine import SimpleTrainer
 
-__all__ = ["MixedPrecisionTrainer", "PRECISIONS", "autocast_dtype", "cpu_supports_bf16", "inference_autocast"]
+__all__ = ["MixedPrecisionTrainer", "PRECISIONS", "autocast_dtype", "cpu_supports_bf16", "inference_autocast",
+           "with_mixed_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +135,10 @@ class MixedPrecisionTrainer(SimpleTrainer):
         super().load_state_dict(state_dict)
         if self.grad_scaler and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def with_mixed_precision(trainer: SimpleTrainer, device: str, precision: str, option: str) -> MixedPrecisionTrainer:
+    """``trainer`` (its model, optimizer and running loader) training under the autocast that
+    ``precision`` (named ``option`` in errors) gives on ``device``: both config routes' AMP."""
+    device_type = torch.device(device).type
+    return MixedPrecisionTrainer.replacing(trainer, device_type, autocast_dtype(device_type, precision, option))

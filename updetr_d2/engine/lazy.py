@@ -5,8 +5,6 @@ model's own (``model.training_hooks()``) and any in ``train.hooks`` (a list of
 LazyCall'd hooks)."""
 import logging
 
-import torch
-
 from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -14,7 +12,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..checkpoint import DetrCheckpointer
-from .amp import MixedPrecisionTrainer, autocast_dtype, inference_autocast
+from .amp import inference_autocast, with_mixed_precision
 from .evaluation import apply_box_rule
 from .hooks import model_hooks
 
@@ -61,11 +59,10 @@ def build_hooks(cfg, model, checkpointer, evaluate) -> list:
 def build_trainer(cfg, model, train_loader, optimizer) -> SimpleTrainer:
     """``SimpleTrainer``, or with ``train.amp.enabled`` the mixed-precision one (``amp.py``)."""
     amp = cfg.train.get("amp", {})
+    trainer = SimpleTrainer(model, train_loader, optimizer)
     if not amp.get("enabled", False):
-        return SimpleTrainer(model, train_loader, optimizer)
-    device_type = torch.device(cfg.train.device).type
-    dtype = autocast_dtype(device_type, amp.get("precision", "auto"), option="train.amp.precision")
-    return MixedPrecisionTrainer(model, train_loader, optimizer, device_type, dtype)
+        return trainer
+    return with_mixed_precision(trainer, cfg.train.device, amp.get("precision", "auto"), "train.amp.precision")
 
 
 def do_train(cfg, resume: bool):

@@ -1,12 +1,11 @@
 """The yaml-config route: Detectron2's ``DefaultTrainer`` with the project's choices."""
-import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 
 from ..checkpoint import DetrCheckpointer
 from ..data.mappers import build_dataset_mapper
 from ..solver import build_optimizer
-from .amp import MixedPrecisionTrainer, autocast_dtype, inference_autocast
+from .amp import inference_autocast, with_mixed_precision
 from .evaluation import build_evaluator
 from .hooks import model_hooks
 
@@ -23,9 +22,8 @@ class Trainer(DefaultTrainer):
         super().__init__(_with_amp(cfg, False) if amp else cfg)
         if amp:
             self.cfg = _with_amp(self.cfg, True)
-            device_type = torch.device(cfg.MODEL.DEVICE).type
-            dtype = autocast_dtype(device_type, cfg.SOLVER.AMP.PRECISION)
-            self._trainer = MixedPrecisionTrainer.replacing(self._trainer, device_type, dtype)
+            self._trainer = with_mixed_precision(self._trainer, cfg.MODEL.DEVICE, cfg.SOLVER.AMP.PRECISION,
+                                                 "SOLVER.AMP.PRECISION")
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

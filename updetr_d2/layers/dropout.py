@@ -14,6 +14,8 @@ makes it reproducible as before. On other devices it is ``F.dropout``.
 
 The mask is kept as bool for backward (as PyTorch's own dropout keeps it).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,9 +28,7 @@ _LANE_RANGE = 1 << _LANE_BITS
 
 def keep_mask(shape, p: float) -> Tensor:
     """A CPU bool mask of ``shape``: each element True (kept) with probability ``1 - p``."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     # int32 random_() is uniform on [0, 2^31): the low 16-bit lane has 16 random bits, the
     # high one 15; 15 of each are used.
     words = torch.empty((n + 1) // 2, dtype=torch.int32).random_()
@@ -56,7 +56,8 @@ def dropout(x: Tensor, p: float, training: bool = True, rescale: bool = True) ->
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training) * (1.0 if rescale else 1.0 - p)
+        dropped = F.dropout(x, p, training)
+        return dropped if rescale else dropped * (1.0 - p)
     return _MaskAndScale.apply(x, keep_mask(x.shape, p), 1.0 / (1.0 - p) if rescale else 1.0)
 
 
