@@ -119,18 +119,19 @@ def coco_detection_class_rows() -> List[int]:
 
 
 def detect_official_detr(state_dict: Mapping) -> Optional[str]:
-    """The official layout of ``state_dict``, from its keys alone: "panoptic"
-    (``DETRsegm``: the detector under ``detr.`` beside its mask head), "detection" (plain
-    ``DETR``) or None (neither: another model, or an incomplete one). The layout says nothing of
-    the class head's size (a panoptic box-stage DETR is "detection" with 251 rows)."""
+    """The official layout of ``state_dict``, from its keys alone: the registered layout
+    (:func:`register_official_layout`) whose marker keys are all there, the most specific
+    one (most markers) when several are, or None (another model, or an incomplete one).
+    Built in: "panoptic" (``DETRsegm``: the detector under ``detr.`` beside its mask head)
+    and "detection" (plain ``DETR``). The layout says nothing of the class head's size (a
+    panoptic box-stage DETR is "detection" with 251 rows)."""
     if not isinstance(state_dict, Mapping):
         return None
     keys = set(state_dict.keys())
-    if all(k in keys for k in PANOPTIC_MARKERS):
-        return "panoptic"
-    if all(k in keys for k in DETECTION_MARKERS):
-        return "detection"
-    return None
+    found = sorted(((len(m), layout) for layout, m in _MARKERS.items() if all(k in keys for k in m)), reverse=True)
+    if len(found) > 1 and found[0][0] == found[1][0]:
+        raise ValueError(f"the keys match the official layouts {found[0][1]!r} and {found[1][1]!r} equally well")
+    return found[0][1] if found else None
 
 
 def official_state_dict(checkpoint) -> Mapping:
@@ -346,15 +347,24 @@ def _convert_detection(state_dict: Mapping, model_keys: Mapping[str, Tuple[int, 
     return converted
 
 
-# layout -> convert(state_dict, model shapes by key) -> the model's state dict; methods add
-# theirs (the panoptic mask head registers "panoptic"), so this module imports no method.
+# layout -> convert(state_dict, model shapes by key) -> the model's state dict, and the
+# keys that identify it; methods add theirs (the panoptic mask head registers "panoptic"),
+# so this module imports no method.
 _LAYOUTS = {"detection": _convert_detection}
+_MARKERS: Dict[str, Tuple[str, ...]] = {"detection": DETECTION_MARKERS, "panoptic": PANOPTIC_MARKERS}
 
 
-def register_official_layout(layout: str):
+def register_official_layout(layout: str, markers: Optional[Sequence[str]] = None):
     """Decorator: ``convert(state_dict, model_shapes) -> Dict[str, Tensor]`` for the files
-    :func:`detect_official_detr` calls ``layout``."""
+    :func:`detect_official_detr` calls ``layout``. ``markers``: keys a file of this layout
+    has all of (needed for a new layout; a layout extending another lists the other's
+    markers plus its own, so that the more specific one wins)."""
+    if markers is None and layout not in _MARKERS:
+        raise ValueError(f"official layout {layout!r} needs its marker keys")
+
     def register(convert):
+        if markers is not None:
+            _MARKERS[layout] = tuple(markers)
         _LAYOUTS[layout] = convert
         return convert
     return register
