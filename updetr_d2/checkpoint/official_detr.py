@@ -62,6 +62,8 @@ __all__ = [
     "detect_official_detr",
     "load_official_checkpoint",
     "official_resnet_depth",
+    "official_layout_config",
+    "official_layouts",
     "official_state_dict",
 ]
 
@@ -352,22 +354,38 @@ def _convert_detection(state_dict: Mapping, model_keys: Mapping[str, Tuple[int, 
 # so this module imports no method.
 _LAYOUTS = {"detection": _convert_detection}
 _MARKERS: Dict[str, Tuple[str, ...]] = {"detection": DETECTION_MARKERS, "panoptic": PANOPTIC_MARKERS}
+# layout -> the config (path relative to the repository root) whose model the converted
+# weights load into, with the preprocessing the official weights expect.
+_CONFIGS: Dict[str, str] = {}
 
 
-def register_official_layout(layout: str, markers: Optional[Sequence[str]] = None):
+def register_official_layout(layout: str, markers: Optional[Sequence[str]] = None, config: Optional[str] = None):
     """Decorator: ``convert(state_dict, model_shapes) -> Dict[str, Tensor]`` for the files
     :func:`detect_official_detr` calls ``layout``. ``markers``: keys a file of this layout
     has all of (needed for a new layout; a layout extending another lists the other's
-    markers plus its own, so that the more specific one wins)."""
+    markers plus its own, so that the more specific one wins). ``config``: the config the
+    converted model runs with (:func:`official_layout_config`)."""
     if markers is None and layout not in _MARKERS:
         raise ValueError(f"official layout {layout!r} needs its marker keys")
 
     def register(convert):
         if markers is not None:
             _MARKERS[layout] = tuple(markers)
+        if config is not None:
+            _CONFIGS[layout] = config
         _LAYOUTS[layout] = convert
         return convert
     return register
+
+
+def official_layouts() -> Dict[str, Tuple[str, ...]]:
+    """Every registered layout and its marker keys."""
+    return dict(_MARKERS)
+
+
+def official_layout_config(layout: str) -> Optional[str]:
+    """The config registered with ``layout`` (a path relative to the repository root), or None."""
+    return _CONFIGS.get(layout)
 
 
 def convert_official_for_model(checkpoint, model) -> Optional[Tuple[str, Dict[str, Tensor]]]:
