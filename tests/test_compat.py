@@ -180,3 +180,21 @@ def test_panoptic_evaluator_on_numpy2(registered, tmp_path):
     result = evaluator.evaluate()["panoptic_seg"]
     assert result["PQ"] == pytest.approx(100.0)
     assert result["PQ_th"] == pytest.approx(100.0) and result["PQ_st"] == pytest.approx(100.0)
+
+
+def test_launcher_and_ddp_fixes_take_cpus():
+    """Detectron2's launcher gets a worker that picks gloo without GPUs, and
+    create_ddp_model leaves a CPU model without device ids (both exercised with two
+    processes in tests/test_distributed.py)."""
+    import importlib
+    import inspect
+
+    import detectron2.engine
+    from detectron2.engine import defaults
+
+    worker = importlib.import_module("detectron2.engine.launch")._distributed_worker
+    assert "GLOO" in inspect.getsource(worker).upper()
+    assert getattr(defaults.create_ddp_model, "_updetr_d2_cpu_aware", False)
+    assert detectron2.engine.create_ddp_model is defaults.create_ddp_model
+    model = torch.nn.Linear(2, 2)
+    assert defaults.create_ddp_model(model) is model  # one process: no wrapper at all

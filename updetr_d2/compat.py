@@ -208,6 +208,81 @@ def _fix_map_dataset_retry():
     return True
 
 
+def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url,
+                        args, timeout=None):
+    """Detectron2's worker with the backend chosen by the machine: NCCL on GPUs, gloo on
+    CPUs (v0.6 asserts CUDA and always asks for NCCL). Otherwise the same steps: join the
+    group, create the per-machine ("local") process group that ``comm.get_local_rank`` /
+    ``get_local_size`` read, pin the GPU, wait for everyone, run."""
+    import logging
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    has_gpu = torch.cuda.is_available()
+    if has_gpu and num_gpus_per_machine > torch.cuda.device_count():
+        raise RuntimeError(f"--num-gpus {num_gpus_per_machine} but this machine has {torch.cuda.device_count()} GPU(s)")
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group(backend="NCCL" if has_gpu else "GLOO", init_method=dist_url, world_size=world_size,
+                                rank=global_rank, timeout=timeout or timedelta(minutes=30))
+    except Exception:
+        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
+        raise
+    assert comm._LOCAL_PROCESS_GROUP is None
+    # Every process creates every machine's group (new_group is collective), keeps its own.
+    for i in range(world_size // num_gpus_per_machine):
+        group = dist.new_group(list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    if has_gpu:
+        torch.cuda.set_device(local_rank)
+    comm.synchronize()  # avoids a timeout of the first collective after init
+    main_func(*args)
+
+
+def _fix_launch_without_gpu():
+    """``detectron2.engine.launch`` (v0.6) asserts CUDA in every worker and uses NCCL, so
+    ``--num-gpus N`` stops on a machine without GPUs. Its worker is replaced by one that
+    takes gloo there (and NCCL on GPUs); ``launch`` itself (spawn, ``--dist-url auto``,
+    several machines) is Detectron2's. A Detectron2 whose worker already chooses a backend
+    (later versions: "GLOO" in its source) is left alone."""
+    # The module, not the function of the same name that detectron2.engine re-exports.
+    launch_module = importlib.import_module("detectron2.engine.launch")
+    if "GLOO" in inspect.getsource(launch_module._distributed_worker).upper():
+        return False
+    launch_module._distributed_worker = _distributed_worker
+    return True
+
+
+def _fix_ddp_on_cpu():
+    """``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel
+    rejects for a model on the CPU (it must be None there). Wrapped so that a CPU model gets
+    ``device_ids=None``; a GPU model (or explicit ``device_ids``) gets Detectron2's call."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    if getattr(original, "_updetr_d2_cpu_aware", False):
+        return False
+
+    def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+        if "device_ids" not in kwargs:
+            device = next(iter(model.parameters()), None)
+            if device is not None and device.device.type == "cpu":
+                kwargs["device_ids"] = None
+        return original(model, fp16_compression=fp16_compression, **kwargs)
+
+    create_ddp_model._updetr_d2_cpu_aware = True
+    create_ddp_model.__doc__ = original.__doc__
+    defaults.create_ddp_model = create_ddp_model
+    import detectron2.engine
+
+    detectron2.engine.create_ddp_model = create_ddp_model
+    return True
+
+
 # Order matters: the first three must run before Detectron2's submodules import.
 _FIXES = (
     _quiet_torchscript_deprecation,
@@ -217,6 +292,8 @@ _FIXES = (
     _fix_coco_fast_eval,
     _fix_export_without_caffe2,
     _fix_map_dataset_retry,
+    _fix_launch_without_gpu,
+    _fix_ddp_on_cpu,
 )
 
 

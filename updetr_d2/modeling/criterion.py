@@ -137,7 +137,7 @@ class LabelCrossEntropy(LossTerm):
 
     Unmatched predictions target no-object (index C), whose weight is ``eos_coef``
     (the many no-object queries would otherwise dominate). As in DETR, it is the
-    weighted mean over all queries, not a sum over num_boxes.
+    weighted mean over all queries (of all workers), not a sum over num_boxes.
     """
 
     name = "labels"
@@ -162,16 +162,18 @@ class LabelCrossEntropy(LossTerm):
         target_classes[matched_pred_index(indices, logits.device)] = matched_targets(
             targets, indices, "labels", logits.device
         )
-        weight = self.empty_weight.to(logits.dtype)
         valid = query_valid_mask(outputs, logits)
-        if valid is None:
-            loss = F.cross_entropy(logits.transpose(1, 2), target_classes, weight)
-            return {"loss_ce": loss}
-        # Same weighted mean as above, over the valid slots only (0 when there is none).
         nll = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")
-        w = weight[target_classes] * valid.to(logits.dtype)
-        nll = torch.where(valid, nll, torch.zeros_like(nll))  # garbage in padding must not give NaN
-        return {"loss_ce": (w * nll).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)}
+        w = self.empty_weight.to(logits.dtype)[target_classes]
+        if valid is not None:  # padding slots count for nothing
+            w = w * valid.to(logits.dtype)
+            nll = torch.where(valid, nll, torch.zeros_like(nll))  # garbage in padding must not give NaN
+        # The weighted mean over every query of the whole batch: the weight sum is averaged
+        # over workers like num_boxes, so that N processes give one process's loss and
+        # gradients. DETR's code takes the mean per process (F.cross_entropy with weights),
+        # which differs when the processes' shares of no-object queries differ; on one
+        # process both are the same number.
+        return {"loss_ce": (w * nll).sum() / average_over_workers(w.sum()).clamp(min=torch.finfo(w.dtype).tiny)}
 
     @torch.no_grad()
     def metrics(self, outputs, targets, indices):
