@@ -280,9 +280,9 @@ def test_cli_converts_a_panoptic_file(tool, official, project_models, tmp_path, 
 def test_cli_converts_a_detection_file(tool, official, tmp_path, capsys):
     source, target = str(tmp_path / "detr.pth"), str(tmp_path / "converted.pth")
     torch.save(official["detection"], source)  # a bare state dict loads too
-    assert tool.main([source, target, "--skip-model-check"]) == 0
+    assert tool.main([source, target]) == 0
     out = capsys.readouterr().out
-    assert "92 -> 81 rows" in out and "configs/detr/detr_r50.yaml" in out
+    assert "92 -> 81 rows" in out and "configs/detr/detr_r50_official.yaml" in out
 
 
 def test_cli_refuses_an_unknown_layout_listing_its_keys(tool, tmp_path, capsys):
@@ -290,35 +290,39 @@ def test_cli_refuses_an_unknown_layout_listing_its_keys(tool, tmp_path, capsys):
     torch.save({"model": {"encoder.weight": torch.zeros(2), "foo.bar": torch.zeros(1)}}, source)
     assert tool.main([source, target]) == 1
     err = capsys.readouterr().err
-    assert "not an official DETR checkpoint" in err and "encoder.weight" in err and "foo.bar" in err
+    assert "not an official checkpoint" in err and "encoder.weight" in err and "foo.bar" in err
     assert not os.path.exists(target)
 
 
 def test_cli_refuses_unmapped_keys(tool, official, tmp_path, capsys):
     source, target = str(tmp_path / "detr.pth"), str(tmp_path / "converted.pth")
     torch.save({"model": dict(official["detection"], **{"foo.bar": torch.zeros(1)})}, source)
-    assert tool.main([source, target, "--skip-model-check"]) == 1
+    assert tool.main([source, target]) == 1
     assert "foo.bar" in capsys.readouterr().err
     assert not os.path.exists(target)
 
 
-def test_cli_model_check_names_unfilled_keys(tool, official):
-    converted = convert("detection", official["detection"])
-    del converted["heads.bbox_embed.layers.1.bias"]
-    converted["extra.weight"] = torch.zeros(1)
-    problems = tool.model_problems(converted, os.path.join(ROOT, CONFIGS["detection"]), 50)
-    assert problems == ["unfilled: heads.bbox_embed.layers.1.bias (256,)", "not in the model: extra.weight"]
+def test_the_model_check_names_unfilled_and_extra_keys(official, project_models):
+    from updetr_d2.checkpoint.official_detr import convert_official_layout
+
+    shapes = {k: tuple(v.shape) for k, v in project_models["detection"].state_dict().items()}
+    del shapes["heads.bbox_embed.layers.1.bias"]
+    shapes["extra.weight"] = (1,)
+    with pytest.raises(ValueError, match="2 differences") as e:
+        convert_official_layout("detection", official["detection"], shapes)
+    assert "unfilled: extra.weight (1,)" in str(e.value)
+    assert "not in the model: heads.bbox_embed.layers.1.bias" in str(e.value)
 
 
 def test_cli_maps_a_panoptic_box_stage_head_to_the_panoptic_classes(tool, official):
     # The official panoptic recipe first trains a plain DETR on the 250 panoptic ids.
     state = dict(official["detection"])
     state["class_embed.weight"], state["class_embed.bias"] = torch.randn(251, 256), torch.randn(251)
-    layout, converted, described = tool.convert(state)
-    assert layout == "panoptic box stage" and "251 -> 134 rows" in described
+    layout, config, opts = tool.plan({"model": state})
+    assert layout == "detection" and config == "projects/Panoptic/configs/detr_r50_panoptic_box.yaml"
+    converted = tool.convert(state, tool.build_model(os.path.join(ROOT, config), opts))
     rows = list(COCO_PANOPTIC_CLASS_ROWS) + [250]
     assert torch.equal(converted["heads.class_embed.weight"], state["class_embed.weight"][rows])
-    assert tool.CONFIGS[layout] == "projects/Panoptic/configs/detr_r50_panoptic_box.yaml"
 
 
 # --- the checkpointer detects official files and converts them on load -----------------------

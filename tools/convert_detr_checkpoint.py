@@ -1,173 +1,159 @@
 #!/usr/bin/env python
-"""Convert an official DETR checkpoint (facebookresearch/detr) to this project's names.
+"""Convert an official DETR-family checkpoint to this project's names.
 
     python tools/convert_detr_checkpoint.py detr-r50-e632da11.pth detr_r50_d2.pth
-    python tools/convert_detr_checkpoint.py detr-r50-panoptic-00ce5173.pth detr_r50_panoptic_d2.pth
+    python tools/convert_detr_checkpoint.py r50_deformable_detr-checkpoint.pth deformable_d2.pth
+    python tools/convert_detr_checkpoint.py --list-layouts
 
-Layouts (told apart by the keys):
-
-* detection (``DETR``): the 92-row COCO head (ids 0..90 + no-object) -> Detectron2's 80
-  contiguous classes + no-object; config ``configs/detr/detr_r50.yaml``. A panoptic
-  box-stage ``DETR`` (251 rows) -> the 133 panoptic classes;
-  ``projects/Panoptic/configs/detr_r50_panoptic_box.yaml``.
-* panoptic (``DETRsegm``): the detector under ``detr.`` (251 rows -> 133 classes +
-  no-object) and its mask head -> the ``MaskHead`` plug-in at ``model.plugins[i]``
-  (``--plugin-index``); config ``projects/Panoptic/configs/detr_r50_panoptic_mask.yaml``,
-  which keeps the original's attention-map scale (``MODEL.PANOPTIC.SCALE_ATTENTION_MAPS
-  False``) that these weights were trained with.
+Every layout registered with ``updetr_d2.checkpoint.official_detr.register_official_layout``
+converts (``--list-layouts``: DETR detection / panoptic, UP-DETR pretraining and fine-tuned,
+Deformable DETR plain / refine / two-stage, DN-Deformable-DETR, and those methods add);
+the layout is told by the keys. The model is built from the layout's registered config
+(the ``*_official`` configs: the preprocessing the official weights expect) with the
+overrides the file needs (ResNet depth, feature levels ...), or from ``--config-file``
+plus ``opts``; the conversion must fill every tensor of that model with its shape and use
+every official tensor (what a converter leaves out on purpose it names, printed here).
 
 The file is read with ``torch.load(weights_only=True)`` allowing ``argparse.Namespace``
 (the official files' ``"args"``) and nothing else. The output,
 ``{"model": ..., "__author__": ..., "matching_heuristics": False}``, is written whole or
 not at all (with a ``.sha256`` beside it) and loads by exact names through
-``MODEL.WEIGHTS``. Before writing, the converted keys and shapes are compared with the
-model the config builds (``--config-file`` to use another, ``--skip-model-check`` to
-skip): a key it cannot map, or a model tensor it leaves unfilled, is an error listing them.
-``MODEL.WEIGHTS`` may also name the official file directly: ``DetrCheckpointer`` does
-the same conversion on load (``updetr_d2.checkpoint.official_detr.convert_official_for_model``).
+``MODEL.WEIGHTS``. ``MODEL.WEIGHTS`` may also name the official file directly:
+``DetrCheckpointer`` does the same conversion on load.
 """
 import argparse
+import logging
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Sequence
 
 import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registrations, before Detectron2 is used)
 from updetr_d2.checkpoint.integrity import save_checkpoint
 from updetr_d2.checkpoint.official_detr import (
-    COCO_DETECTION_NO_OBJECT_ROW,
-    DETECTION_MARKERS,
-    PANOPTIC_MARKERS,
-    coco_detection_class_rows,
-    convert_official_detr,
+    convert_official_layout,
     detect_official_detr,
     load_official_checkpoint,
-    official_resnet_depth,
+    official_layout_config,
+    official_layout_opts,
+    official_layouts,
     official_state_dict,
+    unexplained_keys_message,
 )
 from updetr_d2.checkpoint.safe_load import UnsafeCheckpointError
-from updetr_d2.methods.panoptic.convert import (
-    COCO_PANOPTIC_CLASS_ROWS,
-    COCO_PANOPTIC_NO_OBJECT_ROW,
-    convert_official_detr_panoptic,
-)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUTHOR = "official DETR (converted by updetr_d2)"
-CONFIGS = {
-    "detection": "configs/detr/detr_r50.yaml",
-    "panoptic box stage": "projects/Panoptic/configs/detr_r50_panoptic_box.yaml",
-    "panoptic": "projects/Panoptic/configs/detr_r50_panoptic_mask.yaml",
-}
 
 
 class ConversionError(Exception):
-    """The input is no official DETR checkpoint this tool can convert in full."""
+    """The input is no official checkpoint this tool can convert in full."""
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="official DETR checkpoint (.pth)")
-    parser.add_argument("output", help="converted .pth to write")
-    parser.add_argument("--plugin-index", type=int, default=0,
-                        help="panoptic: index of the MaskHead plug-in in model.plugins (0 in the configs)")
+    parser.add_argument("input", nargs="?", help="official checkpoint (.pth)")
+    parser.add_argument("output", nargs="?", help="converted .pth to write")
     parser.add_argument("--config-file", default="",
-                        help="yaml config of the model to check the conversion against (default: the one "
-                             "printed for the layout)")
-    parser.add_argument("--skip-model-check", action="store_true",
-                        help="write without comparing the keys and shapes with the config's model")
-    return parser.parse_args(argv)
+                        help="config (.yaml or LazyConfig .py) of the model to convert onto (default: the "
+                             "layout's registered config with the overrides the file needs)")
+    parser.add_argument("--list-layouts", action="store_true", help="print the registered layouts and exit")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides (KEY VALUE for yaml, key=value for .py) after the paths")
+    args = parser.parse_args(argv)
+    if not args.list_layouts and not (args.input and args.output):
+        parser.error("input and output are required (or --list-layouts)")
+    return args
 
 
 def _list(keys) -> str:
     return "\n  " + "\n  ".join(map(str, keys))
 
 
-def convert(state_dict, plugin_index: int = 0):
-    """``(layout, converted, head description)``; raises ConversionError listing what
-    cannot be converted."""
+def build_model(config_file: str, opts: Sequence[str] = ()):
+    """The model of a yaml or LazyConfig file (on CPU) with ``opts`` applied."""
+    if config_file.endswith(".py"):
+        from detectron2.config import LazyConfig, instantiate
+
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+        return instantiate(cfg.model)
+    from detectron2.modeling import build_model as build
+
+    from updetr_d2.config import load_yaml_config
+
+    return build(load_yaml_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"]))
+
+
+def plan(checkpoint, config_file: str = "", opts: Sequence[str] = ()):
+    """``(layout, config file, opts)`` of a loaded official file: its registered config
+    and overrides unless ``config_file`` is given."""
+    state_dict = official_state_dict(checkpoint)
     layout = detect_official_detr(state_dict)
     if layout is None:
         keys = list(state_dict.keys()) if hasattr(state_dict, "keys") else []
-        raise ConversionError(
-            "not an official DETR checkpoint: it lacks the keys of the DETR layout ("
-            + ", ".join(k for k in DETECTION_MARKERS if k not in keys) + ") and of the DETRsegm layout ("
-            + ", ".join(k for k in PANOPTIC_MARKERS if k not in keys) + f"). Its {len(keys)} keys:"
-            + _list(keys)
-        )
+        raise ConversionError(f"not an official checkpoint of a registered layout: "
+                              f"{unexplained_keys_message(state_dict)}. Its {len(keys)} keys:" + _list(keys))
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if config_file:
+        return layout, config_file, list(opts)
+    config = official_layout_config(layout, state_dict, args)
+    if config is None:
+        raise ConversionError(f"the layout {layout!r} registered no config: give --config-file")
+    return layout, config, official_layout_opts(layout, state_dict, args, config) + list(opts)
+
+
+def convert(state_dict, model) -> Dict[str, torch.Tensor]:
+    """The registered converter of the file's layout onto ``model``; ConversionError
+    listing what cannot be converted or filled."""
+    layout = detect_official_detr(state_dict)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
-        if layout == "panoptic":
-            converted = convert_official_detr_panoptic(state_dict, plugin_index=plugin_index)
-            rows, no_object, head = COCO_PANOPTIC_CLASS_ROWS, COCO_PANOPTIC_NO_OBJECT_ROW, "detr.class_embed.weight"
-        else:
-            head = "class_embed.weight"
-            if state_dict[head].shape[0] == COCO_PANOPTIC_NO_OBJECT_ROW + 1:  # panoptic box stage
-                layout = "panoptic box stage"
-                rows, no_object = COCO_PANOPTIC_CLASS_ROWS, COCO_PANOPTIC_NO_OBJECT_ROW
-            else:
-                rows, no_object = coco_detection_class_rows(), COCO_DETECTION_NO_OBJECT_ROW
-            converted, unmapped = convert_official_detr(state_dict, class_rows=rows, no_object_row=no_object)
-            if unmapped:
-                raise ConversionError(f"cannot map {len(unmapped)} keys of the official DETR state dict:"
-                                      + _list(unmapped))
+        return convert_official_layout(layout, state_dict, shapes)
     except ValueError as e:
-        raise ConversionError(str(e)) from e
-    old = state_dict[head].shape[0]
-    dropped = sorted(set(range(no_object + 1)) - set(rows) - {no_object})
-    described = (f"class head {old} -> {len(rows) + 1} rows: Detectron2 class c = official row of its "
-                 f"category id ({len(rows)} rows gathered), no-object = official row {no_object}; "
-                 f"{len(dropped)} rows of unused ids dropped")
-    return layout, converted, described
+        raise ConversionError(str(e).replace("; ", "\n  ")) from e
 
 
-def model_problems(converted: Dict[str, torch.Tensor], config_file: str, depth: Optional[int]) -> List[str]:
-    """What differs between ``converted`` and the state dict of the model
-    ``config_file`` builds (on CPU, ResNet depth set to ``depth``)."""
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: List[str] = []
 
-    cfg = get_cfg()
-    updetr_d2.add_updetr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.MODEL.DEVICE = "cpu"
-    if depth:
-        cfg.MODEL.RESNETS.DEPTH = depth
-    expected = build_model(cfg).state_dict()
-    problems = [f"unfilled: {k} {tuple(v.shape)}" for k, v in expected.items() if k not in converted]
-    problems += [f"not in the model: {k}" for k in converted if k not in expected]
-    problems += [f"shape: {k} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
-                 for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
-    return problems
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_layouts:
+        for layout, markers in sorted(official_layouts().items()):
+            print(f"{layout}: config {official_layout_config(layout) or '(none)'}\n  markers: {', '.join(markers)}")
+        return 0
+    report = _Lines()
+    log = logging.getLogger("updetr_d2")  # every converter's log lines, wherever it lives
+    log.addHandler(report)
+    level = log.level
+    log.setLevel(logging.INFO)
     try:
-        state_dict = official_state_dict(load_official_checkpoint(args.input))
-        layout, converted, head = convert(state_dict, args.plugin_index)
+        checkpoint = load_official_checkpoint(args.input)
+        state_dict = official_state_dict(checkpoint)
+        layout, config, opts = plan(checkpoint, args.config_file, args.opts)
+        config_path = config if os.path.isabs(config) or os.path.exists(config) else os.path.join(ROOT, config)
+        converted = convert(state_dict, build_model(config_path, opts))
     except (ConversionError, UnsafeCheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    prefix = "detr." if layout == "panoptic" else ""
-    depth = official_resnet_depth(state_dict, prefix)
-    config = CONFIGS[layout]
-    if not args.skip_model_check:
-        config_file = args.config_file or os.path.join(ROOT, config)
-        problems = model_problems(converted, config_file, depth)
-        if problems:
-            print(f"error: the conversion does not fit the model of {config_file} "
-                  f"({len(problems)} differences):" + _list(problems), file=sys.stderr)
-            return 1
+    finally:
+        log.removeHandler(report)
+        log.setLevel(level)
     save_checkpoint({"model": converted, "__author__": AUTHOR, "matching_heuristics": False}, args.output)
-    print(f"official DETR layout: {layout} (ResNet-{depth or '?'} backbone)")
+    print(f"official layout: {layout}")
     print(f"converted {len(state_dict)} official tensors to {len(converted)} project tensors")
-    print(head)
-    if layout == "panoptic":
-        print(f"mask head -> plugins.{args.plugin_index}.bbox_attention / plugins.{args.plugin_index}.mask_head")
+    for line in report.lines:
+        print(line)
     print(f"wrote {args.output}")
-    print(f"use it with: --config-file {config} MODEL.WEIGHTS {args.output}"
-          + (f" MODEL.RESNETS.DEPTH {depth}" if depth and depth != 50 else ""))
+    weights = f"train.init_checkpoint={args.output}" if config.endswith(".py") else f"MODEL.WEIGHTS {args.output}"
+    print(f"use it with: --config-file {config} {weights}" + "".join(f" {o}" for o in opts))
     return 0
 
 

@@ -13,11 +13,15 @@ One idea a module:
   its keys are called in Detectron2 (:func:`find_torchvision_resnet`);
 * :mod:`.resnet_conversion`: the conversion and its report
   (:func:`convert_resnet_state_dict`, :class:`ConversionReport`);
-* :mod:`.checkpointer`: :class:`DetrCheckpointer` (alias ``UpdetrCheckpointer``).
+* :mod:`.checkpointer`: :class:`DetrCheckpointer` (alias ``UpdetrCheckpointer``);
+* :mod:`.official_detr`, :mod:`.official_deformable`: the official DETR-family files'
+  layouts (methods register theirs), converted on load.
 
 Offline conversion: ``tools/convert_backbone_weights.py``.
 """
 from .checkpointer import DetrCheckpointer, UpdetrCheckpointer
+# Importing the official layouts registers them for DetrCheckpointer.
+from .official_deformable import convert_official_deformable
 from .resnet_conversion import ConversionReport, convert_resnet_state_dict
 from .safe_load import UnsafeCheckpointError, load_checkpoint_file
 from .safe_load import UNSAFE_FLAG_HELP  # noqa: F401  (importable from the old module)
@@ -28,6 +32,7 @@ __all__ = [
     "DetrCheckpointer",
     "UnsafeCheckpointError",
     "UpdetrCheckpointer",
+    "convert_official_deformable",
     "convert_resnet_state_dict",
     "find_torchvision_resnet",
     "load_checkpoint_file",

@@ -37,11 +37,12 @@ of the converted head is official row ``class_rows[c]`` and its last row is offi
 """
 import argparse
 import contextlib
+import logging
 import os
 import pickle
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -53,7 +54,17 @@ from .torchvision_resnet import STAGE_RE, detectron2_name
 
 __all__ = [
     "COCO_DETECTION_NO_OBJECT_ROW",
+    "convert_detection_for_model",
+    "convert_official_backbone",
     "convert_official_for_model",
+    "convert_official_layout",
+    "gather_class_rows",
+    "is_backbone_key",
+    "looks_official",
+    "official_dilation",
+    "official_layout_opts",
+    "report_dropped",
+    "resnet_depth_opts",
     "register_official_layout",
     "DETECTION_MARKERS",
     "PANOPTIC_MARKERS",
@@ -66,6 +77,8 @@ __all__ = [
     "official_layouts",
     "official_state_dict",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Keys only a full official DETR state dict has together (a panoptic one under "detr.",
 # beside its mask head). Other DETR-family files (Deformable DETR has per-layer
@@ -254,6 +267,11 @@ def convert_official_detr(
         elif local in _CLASS_HEAD:
             new = _CLASS_HEAD[local]
             value = _gather_rows(key, value, class_rows, no_object_row)
+            if local == "class_embed.weight":
+                dropped = sorted(set(range(no_object_row)) - set(class_rows))
+                logger.info("official DETR class head %d -> %d rows: class c = official row of its category "
+                            "id (%d rows gathered), no-object = official row %d; %d rows of unused ids dropped",
+                            no_object_row + 1, len(class_rows) + 1, len(class_rows), no_object_row, len(dropped))
         if new is None:
             unmapped.append(key)
             continue
@@ -319,6 +337,77 @@ def load_official_checkpoint(path: str):
         ) from e
 
 
+# --- shared pieces of the other official layouts' converters ------------------------------
+def convert_official_backbone(state_dict: Mapping, prefix: str = "") -> Tuple[Dict[str, Tensor], List[str]]:
+    """The torchvision ResNet under ``prefix + "backbone.0.body."`` renamed to this
+    project's ``backbone.backbone.*`` (as :func:`convert_official_detr` does), and the
+    project keys a complete ResNet of its shape would have that the file lacks."""
+    converted: Dict[str, Tensor] = OrderedDict()
+    local_keys = []
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not key.startswith(prefix + _BACKBONE) or not isinstance(value, Tensor):
+            continue
+        rest = key[len(prefix + _BACKBONE):]
+        if rest.endswith("num_batches_tracked"):
+            continue  # see the module docstring
+        d2 = detectron2_name(rest)
+        if d2 is not None:
+            converted["backbone.backbone." + d2] = value
+            local_keys.append(rest)
+    blocks, bottleneck = _backbone_block_counts(local_keys)
+    missing = ["backbone.backbone." + k for k in _expected_backbone(blocks, bottleneck)
+               if "backbone.backbone." + k not in converted]
+    missing += [f"backbone.backbone.res{i + 2}.* (no {prefix}{_BACKBONE}layer{i + 1}.* keys)"
+                for i, count in enumerate(blocks) if count == 0]
+    return converted, missing
+
+
+def is_backbone_key(key, prefix: str = "") -> bool:
+    """True for a key :func:`convert_official_backbone` converts (or drops: BN counters)."""
+    if not isinstance(key, str) or not key.startswith(prefix + _BACKBONE):
+        return False
+    rest = key[len(prefix + _BACKBONE):]
+    return rest.endswith("num_batches_tracked") or detectron2_name(rest) is not None
+
+
+def report_dropped(layout: str, keys: Sequence[str], reason: str) -> None:
+    """The log line that names official tensors a converter leaves out, and why."""
+    if keys:
+        logger.info("official %s checkpoint: %d tensors not converted (%s): %s", layout, len(keys), reason,
+                    ", ".join(map(str, keys)))
+
+
+def gather_class_rows(name: str, value: Tensor, rows: Sequence[int], expected_rows: int) -> Tensor:
+    """Rows ``rows`` of a class head (or label embedding) with ``expected_rows`` rows, in that order."""
+    if value.shape[0] != expected_rows:
+        raise ValueError(f"'{name}' has {value.shape[0]} rows; the class mapping expects {expected_rows}: "
+                         "a head trained on another dataset cannot be mapped onto these classes")
+    return value.index_select(0, torch.as_tensor(list(rows), dtype=torch.long)).contiguous()
+
+
+def resnet_depth_opts(prefix: str = ""):
+    """An ``opts`` function for :func:`register_official_layout`: the yaml override that
+    gives the config's ResNet the depth of the file's (none for 50)."""
+    def opts(state_dict: Mapping, args=None, config: str = "") -> List[str]:
+        depth = official_resnet_depth(state_dict, prefix)
+        if depth is None or depth == 50:
+            return []
+        if config.endswith(".py"):
+            # The LazyConfig DC5 model lists its stages: ResNet-101 has 23 res4 blocks.
+            return {101: ["model.backbone.backbone.stages.2.num_blocks=23"],
+                    152: ["model.backbone.backbone.stages.1.num_blocks=8",
+                          "model.backbone.backbone.stages.2.num_blocks=36"]}.get(depth, [])
+        return ["MODEL.RESNETS.DEPTH", str(depth)]
+    return opts
+
+
+def official_dilation(args) -> Optional[bool]:
+    """The official files' ``args.dilation`` (DC5: the last ResNet stage dilated), or None
+    when the file does not say (a bare state dict: the keys cannot tell)."""
+    value = getattr(args, "dilation", None)
+    return None if value is None else bool(value)
+
+
 # --- automatic conversion on load (DetrCheckpointer) -------------------------------------
 def _model_class_rows(official_rows: int, model_classes: int) -> Tuple[List[int], int]:
     """(class_rows, no_object_row) putting an official head of ``official_rows`` rows onto a
@@ -338,10 +427,14 @@ def _model_class_rows(official_rows: int, model_classes: int) -> Tuple[List[int]
     )
 
 
-def _convert_detection(state_dict: Mapping, model_keys: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tensor]:
-    head = model_keys.get("heads.class_embed.weight")
+def convert_detection_for_model(state_dict: Mapping, model_shapes: Mapping[str, Tuple[int, ...]],
+                                layout: str = "detection") -> Dict[str, Tensor]:
+    """An official (post- or pre-norm) DETR onto a ``Detr``, its class head gathered onto
+    the model's classes (logged)."""
+    head = model_shapes.get("heads.class_embed.weight")
     if head is None:
-        raise ValueError("an official DETR checkpoint loads into a Detr (the model has no heads.class_embed)")
+        raise ValueError(f"an official DETR {layout} checkpoint loads into a Detr (the model has no "
+                         "heads.class_embed)")
     rows, no_object = _model_class_rows(state_dict["class_embed.weight"].shape[0], head[0] - 1)
     converted, unmapped = convert_official_detr(state_dict, class_rows=rows, no_object_row=no_object)
     if unmapped:
@@ -349,22 +442,43 @@ def _convert_detection(state_dict: Mapping, model_keys: Mapping[str, Tuple[int, 
     return converted
 
 
+def _detection_config(state_dict: Optional[Mapping] = None, args=None) -> str:
+    if official_dilation(args):
+        return "configs/detr/detr_r50_dc5_official.py"
+    head = None if state_dict is None else state_dict.get("class_embed.weight")
+    if isinstance(head, Tensor) and head.shape[0] == 251:
+        # The official panoptic recipe first trains a plain DETR on the 250 panoptic ids.
+        return "projects/Panoptic/configs/detr_r50_panoptic_box.yaml"
+    return "configs/detr/detr_r50_official.yaml"
+
+
 # layout -> convert(state_dict, model shapes by key) -> the model's state dict, and the
 # keys that identify it; methods add theirs (the panoptic mask head registers "panoptic"),
 # so this module imports no method.
-_LAYOUTS = {"detection": _convert_detection}
-_MARKERS: Dict[str, Tuple[str, ...]] = {"detection": DETECTION_MARKERS, "panoptic": PANOPTIC_MARKERS}
-# layout -> the config (path relative to the repository root) whose model the converted
-# weights load into, with the preprocessing the official weights expect.
-_CONFIGS: Dict[str, str] = {}
+_LAYOUTS = {}
+_MARKERS: Dict[str, Tuple[str, ...]] = {"panoptic": PANOPTIC_MARKERS}
+# layout -> the config (path relative to the repository root, or a function of the state
+# dict and the file's args giving one) whose model the converted weights load into, with
+# the preprocessing the official weights expect.
+_CONFIGS: Dict[str, object] = {}
+# layout -> opts(state_dict, args, config) -> the overrides that config needs for this file.
+_OPTS: Dict[str, Callable] = {}
 
 
-def register_official_layout(layout: str, markers: Optional[Sequence[str]] = None, config: Optional[str] = None):
+def register_official_layout(layout: str, markers: Optional[Sequence[str]] = None, config=None,
+                             opts: Optional[Callable] = None):
     """Decorator: ``convert(state_dict, model_shapes) -> Dict[str, Tensor]`` for the files
     :func:`detect_official_detr` calls ``layout``. ``markers``: keys a file of this layout
     has all of (needed for a new layout; a layout extending another lists the other's
     markers plus its own, so that the more specific one wins). ``config``: the config the
-    converted model runs with (:func:`official_layout_config`)."""
+    converted model runs with, a path relative to the repository root or
+    ``config(state_dict, args) -> path`` (both may be None: see
+    :func:`official_layout_config`). ``opts``: ``opts(state_dict, args, config) -> [KEY,
+    VALUE, ...]`` (or ``["key=value"]`` for a LazyConfig ``.py``), the overrides that make
+    the config's model the file's (ResNet depth, feature levels ...).
+
+    The converter raises ValueError listing what it cannot map; whatever it leaves out on
+    purpose (duplicates, training-only tensors) it names with :func:`report_dropped`."""
     if markers is None and layout not in _MARKERS:
         raise ValueError(f"official layout {layout!r} needs its marker keys")
 
@@ -373,6 +487,8 @@ def register_official_layout(layout: str, markers: Optional[Sequence[str]] = Non
             _MARKERS[layout] = tuple(markers)
         if config is not None:
             _CONFIGS[layout] = config
+        if opts is not None:
+            _OPTS[layout] = opts
         _LAYOUTS[layout] = convert
         return convert
     return register
@@ -383,20 +499,122 @@ def official_layouts() -> Dict[str, Tuple[str, ...]]:
     return dict(_MARKERS)
 
 
-def official_layout_config(layout: str) -> Optional[str]:
-    """The config registered with ``layout`` (a path relative to the repository root), or None."""
-    return _CONFIGS.get(layout)
+def official_layout_config(layout: str, state_dict: Optional[Mapping] = None, args=None) -> Optional[str]:
+    """The config registered with ``layout`` (a path relative to the repository root) for
+    this file (``state_dict``, its ``args``; the layout's usual one without them), or None."""
+    config = _CONFIGS.get(layout)
+    return config(state_dict, args) if callable(config) else config
+
+
+def official_layout_opts(layout: str, state_dict: Mapping, args=None, config: str = "") -> List[str]:
+    """The config overrides the layout registered for this file (see :func:`register_official_layout`)."""
+    opts = _OPTS.get(layout)
+    return list(opts(state_dict, args, config or official_layout_config(layout, state_dict, args) or "")) if opts else []
+
+
+def convert_official_layout(layout: str, state_dict: Mapping, model_shapes: Mapping[str, Tuple[int, ...]]
+                            ) -> Dict[str, Tensor]:
+    """``state_dict`` (of the official ``layout``) converted onto the model of
+    ``model_shapes``; ValueError unless it fills every model tensor with the model's shape
+    and nothing else."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"an official DETR-family {layout} checkpoint needs its method imported (updetr_d2.methods)")
+    converted = _LAYOUTS[layout](state_dict, model_shapes)
+    problems = [f"unfilled: {k} {tuple(v)}" for k, v in model_shapes.items() if k not in converted]
+    problems += [f"not in the model: {k}" for k in converted if k not in model_shapes]
+    problems += [f"shape: {k} {tuple(v.shape)} converted, {tuple(model_shapes[k])} in the model"
+                 for k, v in converted.items() if k in model_shapes and tuple(v.shape) != tuple(model_shapes[k])]
+    if problems:
+        raise ValueError(
+            f"the official {layout} checkpoint does not fit the model ({len(problems)} differences; its config: "
+            f"{official_layout_config(layout, state_dict) or 'none registered'}): " + "; ".join(problems)
+        )
+    return converted
+
+
+def looks_official(checkpoint) -> bool:
+    """True for a file of the DETR family's official code: a torchvision backbone under
+    ``backbone.0.`` (``detr.backbone.0.`` in DETRsegm), or an ``argparse.Namespace`` under
+    ``"args"`` beside a DETR-like state dict (self-supervised ResNet files carry args too,
+    without these keys)."""
+    state_dict = official_state_dict(checkpoint)
+    if not isinstance(state_dict, Mapping):
+        return False
+    keys = [k for k in state_dict if isinstance(k, str)]
+    if any(k.startswith(("backbone.0.", "detr.backbone.0.")) for k in keys):
+        return True
+    args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    return isinstance(args, argparse.Namespace) and any(
+        k.startswith(("transformer.", "class_embed", "query_embed.")) for k in keys)
+
+
+def unexplained_keys_message(state_dict: Mapping, model_shapes: Optional[Mapping] = None) -> str:
+    """Why no registered layout fits: the nearest layouts' missing marker keys, the file's
+    keys under module names no layout has and, given the model's shapes, what the nearest
+    layout's converter cannot map."""
+    keys = [k for k in state_dict if isinstance(k, str)]
+    present = set(keys)
+    known = {_module_name(m) for markers in _MARKERS.values() for m in markers}
+    nearest = sorted(_MARKERS.items(), key=lambda item: -sum(m in present for m in item[1]) / len(item[1]))[:2]
+    lines = [f"nearest layout {name!r} lacks " + ", ".join(m for m in markers if m not in present)
+             for name, markers in nearest]
+    unknown = [k for k in keys if _module_name(k) not in known]
+    lines.append(f"{len(unknown)} of its {len(keys)} keys are under modules no registered layout has"
+                 + (": " + ", ".join(unknown[:60]) + (f" ... and {len(unknown) - 60} more" if len(unknown) > 60 else "")
+                    if unknown else ""))
+    if model_shapes is not None and nearest and nearest[0][0] in _LAYOUTS:
+        try:
+            _LAYOUTS[nearest[0][0]](state_dict, model_shapes)
+        except (ValueError, KeyError) as e:
+            lines.append(f"read as {nearest[0][0]!r}: {e}")
+    return "; ".join(lines) + f" (registered layouts: {', '.join(sorted(_MARKERS))})"
+
+
+def _module_name(key: str) -> str:
+    """The module a key belongs to, down to its second name (``transformer.decoder``,
+    ``class_embed``), numbers dropped: what tells the layouts apart."""
+    parts = [p for p in key.split(".")[:-1] if not p.isdigit()]
+    return ".".join(parts[:2]) or key
+
+
+def _check_dilation(model, args) -> None:
+    """An official file says whether its last ResNet stage is dilated (DC5); the model must
+    run it the same way: torchvision dilates every res5 block but the first, whose 3x3
+    conv keeps dilation 1 (Detectron2's RES5_DILATION dilates all of them)."""
+    dilated = official_dilation(args)
+    try:
+        res5 = model.get_submodule("backbone.backbone.res5")
+    except AttributeError:
+        return
+    found = [tuple(block.conv2.dilation) for block in res5 if hasattr(block, "conv2")]
+    want = [(1, 1)] + [(2, 2) if dilated else (1, 1)] * (len(found) - 1)
+    if dilated is not None and found != want:
+        raise ValueError(
+            f"the official file was trained with{'' if dilated else 'out'} DC5 (args.dilation={dilated}): its res5 "
+            f"3x3 convs have dilations {want}, the model's {found}. "
+            + ("Use configs/detr/detr_r50_dc5_official.py (the yaml RES5_DILATION 2 also dilates the first block)"
+               if dilated else "Use a config without RES5_DILATION")
+        )
 
 
 def convert_official_for_model(checkpoint, model) -> Optional[Tuple[str, Dict[str, Tensor]]]:
-    """``(layout, state dict)`` of a loaded official DETR file for ``model``, or None when
-    the file is not an official DETR layout. Raises ValueError naming what cannot be mapped
-    (an unknown layout variant, a class count the head cannot be gathered onto)."""
+    """``(layout, state dict)`` of a loaded official DETR-family file for ``model``, or None
+    when the file is not from the official code. Raises ValueError naming what cannot be
+    mapped (a file that looks official but matches no registered layout, a class count the
+    head cannot be gathered onto, a model tensor left unfilled, a DC5 mismatch)."""
     state_dict = official_state_dict(checkpoint)
     layout = detect_official_detr(state_dict)
     if layout is None:
+        if looks_official(checkpoint):
+            shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            raise ValueError("an official DETR-family checkpoint of no registered layout: "
+                             + unexplained_keys_message(state_dict, shapes))
         return None
-    if layout not in _LAYOUTS:
-        raise ValueError(f"an official DETR {layout} checkpoint needs its method imported (updetr_d2.methods)")
+    args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    _check_dilation(model, args)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return layout, _LAYOUTS[layout](state_dict, shapes)
+    return layout, convert_official_layout(layout, state_dict, shapes)
+
+
+register_official_layout("detection", markers=DETECTION_MARKERS, config=_detection_config,
+                         opts=resnet_depth_opts())(convert_detection_for_model)

@@ -6,6 +6,7 @@ reconstruction loss, the query patch and one-shot dataset mappers, one-shot
 evaluation, the pretext's held-out metrics, its config keys and its pretraining ->
 fine-tuning checkpoint hand-off."""
 from . import checkpoint  # noqa: F401  (registers the hand-off rule)
+from . import convert  # noqa: F401  (registers the official checkpoint layouts)
 from .config import add_updetr_pretraining_config
 from .deformable_meta_arch import DeformableUpDetr
 from .groups import contiguous_group_sizes, contiguous_groups, patch_query_groups, updetr_group_mask
