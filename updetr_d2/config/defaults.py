@@ -41,6 +41,11 @@ def add_detr_config(cfg):
     d.SIZE_DIVISIBILITY = 32
     # Loss weights, also the matcher's cost weights (as in DETR).
     d.CLASS_WEIGHT = 1.0
+    # The matcher's class cost when it differs from the class loss weight (< 0: CLASS_WEIGHT).
+    # DINO matches with 2.0 and weighs its focal loss 1.0.
+    d.MATCHER_CLASS_WEIGHT = -1.0
+    # Temperature of the sine position embedding of the image features (DINO: 20).
+    d.POSITION_TEMPERATURE = 10000.0
     d.L1_WEIGHT = 5.0
     d.GIOU_WEIGHT = 2.0
     d.NO_OBJECT_WEIGHT = 0.1
@@ -76,6 +81,19 @@ def add_deformable_detr_config(cfg):
     # Anchor queries' content ends with DN's indicator (0: matching query, 1: denoising), so
     # the same weights serve with denoising on or off.
     dd.ANCHOR_INDICATOR = True
+    # Anchor queries: the positional query of layers after the first is scaled by MLP(content)
+    # (DAB-DETR); DINO leaves the scale out.
+    dd.ANCHOR_QUERY_SCALE = True
+    # Box refinement: a layer's box is relative to the previous layer's box before its
+    # detach, so each layer's loss also trains the layer before (DINO's look forward twice).
+    dd.LOOK_FORWARD_TWICE = False
+    # Two-stage: content queries learned (NUM_OBJECT_QUERIES of them), boxes (and, without
+    # anchor queries, positional queries) from the top encoder proposals: DINO's mixed
+    # query selection (with ANCHOR_QUERIES) and the official Co-Deformable-DETR's.
+    dd.MIXED_SELECTION = False
+    # Two-stage: score proposals by their best class and supervise them with the classes
+    # (DINO), instead of as one "object" class (Deformable DETR).
+    dd.TWO_STAGE_CLASS_AWARE = False
     dd.FOCAL_ALPHA = 0.25
     dd.TEST_TOPK = 100  # detections kept per image: the best (query, class) pairs
     # Sample again in backward instead of keeping deformable attention's samples: less memory, slower steps.

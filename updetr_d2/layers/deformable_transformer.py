@@ -19,11 +19,21 @@ Query modes of the decoder:
 * anchor queries (DAB-Deformable-DETR, the base of DN-Deformable-DETR;
   ``anchor_queries=True``): the positional query of every layer is derived from its
   current reference box, ``MLP(sine(box))`` scaled by ``MLP(content)`` after the first
-  layer, so a refined box moves the query with it.
+  layer (``query_scale``; DINO leaves the scale out), so a refined box moves the query
+  with it.
 
 With ``bbox_embed`` (one box head per layer, iterative box refinement) each layer
 updates the reference: ``ref <- sigmoid(head(out) + logit(ref))``, detached before the
-next layer, as in the paper.
+next layer, as in the paper. ``look_forward_twice`` (DINO): the next layer still starts
+from the detached box, but the box its prediction is relative to is not detached, so
+layer l's loss also trains layer l-1's box (one step back, no further).
+
+Two-stage (``two_stage=True``): every encoder position scores a proposal and the best
+become the decoder's reference boxes, with positional and content queries from the
+boxes' sine embedding (Deformable DETR) or, with ``anchor_queries``, positional queries
+derived in the decoder and content learned elsewhere (DINO's mixed query selection:
+no ``pos_trans``). ``class_aware_proposals`` (DINO): proposals are scored by their best
+class and supervised with the classes, not as one "object" class.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -152,7 +162,8 @@ class DeformableDecoder(nn.Module):
     """Deformable decoder layers; returns every layer's output and the reference each
     layer used (see the module docstring for query modes and box refinement)."""
 
-    def __init__(self, num_layers: int, d_model: int = 256, anchor_queries: bool = False, **layer_kwargs):
+    def __init__(self, num_layers: int, d_model: int = 256, anchor_queries: bool = False, query_scale: bool = True,
+                 look_forward_twice: bool = False, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(
             DeformableDecoderLayer(d_model=d_model, **layer_kwargs) for _ in range(num_layers)
@@ -160,10 +171,13 @@ class DeformableDecoder(nn.Module):
         self.num_layers = num_layers
         self.nhead = self.layers[0].self_attn.num_heads
         self.anchor_queries = anchor_queries
+        self.look_forward_twice = look_forward_twice
+        self.query_scale = None
         if anchor_queries:
             # DAB-Deformable-DETR: positional query = MLP(sine(box)), scaled by MLP(content).
             self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
-            self.query_scale = MLP(d_model, d_model, d_model, 2)
+            if query_scale:
+                self.query_scale = MLP(d_model, d_model, d_model, 2)
 
     def forward(
         self,
@@ -188,7 +202,9 @@ class DeformableDecoder(nn.Module):
 
         Returns:
             hs: [L, B, Q, d], every layer's output.
-            references: [L, B, Q, 2 or 4], the reference layer l started from (sigmoid space).
+            references: [L, B, Q, 2 or 4], the reference layer l's boxes are relative to
+                (sigmoid space): the one it started from or, with ``look_forward_twice``, the
+                same values before the detach (layer l-1's prediction, with its gradient).
         """
         B, Q, _ = tgt.shape
         if self.anchor_queries:
@@ -198,31 +214,35 @@ class DeformableDecoder(nn.Module):
             raise ValueError("the decoder needs query_pos unless it was built with anchor_queries=True")
         if bbox_embed is not None and len(bbox_embed) < self.num_layers:
             raise ValueError(f"box refinement needs {self.num_layers} box heads, got {len(bbox_embed)}")
+        if self.look_forward_twice and bbox_embed is None:
+            raise ValueError("look_forward_twice needs box refinement (the per-layer box heads)")
         mask = None
         if self_attn_mask is not None:
             mask = build_attention_mask(self_attn_mask, num_heads=self.nhead, batch=B, tgt_len=Q, src_len=Q)
         ratios = valid_ratios if reference_points.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
 
         output, outputs, references = tgt, [], []
+        head_reference = reference_points  # what this layer's boxes are relative to
         for lid, layer in enumerate(self.layers):
             # Normalised to the valid area -> normalised to the padded map of every level.
             ref_input = reference_points[:, :, None] * ratios[:, None]
             if self.anchor_queries:
                 pos = self.ref_point_head(sine_embed_coordinates(ref_input[:, :, 0], output.shape[-1] // 2))
-                query_pos = pos * self.query_scale(output) if lid > 0 else pos
+                query_pos = pos * self.query_scale(output) if lid > 0 and self.query_scale is not None else pos
             output = layer(
                 output, query_pos, ref_input, memory, spatial_shapes, level_start_index, memory_padding_mask, mask
             )
             outputs.append(output)
-            references.append(reference_points)
+            references.append(head_reference)
             if bbox_embed is not None:
                 delta = bbox_embed[lid](output)
                 if reference_points.shape[-1] == 2:
                     delta = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
-                    reference_points = delta[..., :2].sigmoid()
+                    refined = delta[..., :2].sigmoid()
                 else:
-                    reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()
-                reference_points = reference_points.detach()
+                    refined = (delta + inverse_sigmoid(reference_points)).sigmoid()
+                reference_points = refined.detach()
+                head_reference = refined if self.look_forward_twice else reference_points
         return torch.stack(outputs), torch.stack(references)
 
 
@@ -253,6 +273,9 @@ class DeformableTransformer(nn.Module):
         two_stage: bool = False,
         anchor_queries: bool = False,
         recompute_sampling: bool = False,
+        query_scale: bool = True,
+        look_forward_twice: bool = False,
+        class_aware_proposals: bool = False,
     ):
         super().__init__()
         common = dict(d_ffn=dim_feedforward, dropout=dropout, activation=activation,
@@ -261,16 +284,19 @@ class DeformableTransformer(nn.Module):
         self.nhead = nhead
         self.num_feature_levels = num_feature_levels
         self.two_stage = two_stage
+        self.class_aware_proposals = class_aware_proposals
         self.encoder = DeformableEncoder(num_encoder_layers, d_model=d_model, n_points=enc_n_points, **common)
         self.decoder = DeformableDecoder(
-            num_decoder_layers, d_model=d_model, anchor_queries=anchor_queries, n_points=dec_n_points, **common
+            num_decoder_layers, d_model=d_model, anchor_queries=anchor_queries, query_scale=query_scale,
+            look_forward_twice=look_forward_twice, n_points=dec_n_points, **common
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
             self.enc_output = nn.Linear(d_model, d_model)
             self.enc_output_norm = nn.LayerNorm(d_model)
-            self.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
-            self.pos_trans_norm = nn.LayerNorm(2 * d_model)
+            if not anchor_queries:  # anchor queries derive their positional query in the decoder
+                self.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
+                self.pos_trans_norm = nn.LayerNorm(2 * d_model)
         self._reset_parameters()
 
     def _reset_parameters(self):
@@ -343,25 +369,33 @@ class DeformableTransformer(nn.Module):
         best and derive the decoder's positional and content queries from their boxes.
 
         Returns (query_pos [B, K, d], tgt [B, K, d], reference boxes [B, K, 4],
-        encoder outputs {"pred_logits" [B, S, C], "pred_boxes" [B, S, 4]} for the loss).
+        encoder outputs {"pred_logits" [B, S, C], "pred_boxes" [B, S, 4]} for the loss);
+        query_pos and tgt are None with anchor queries (mixed query selection: the decoder
+        derives the positional queries from the boxes, the content is learned).
         """
         if not self.two_stage:
             raise RuntimeError("this transformer was built without two_stage")
         memory, proposals, usable = self.encoder_proposals(encoded)
         logits = class_head(memory)
         coords = box_head(memory) + proposals
+        # Class-agnostic proposals are supervised as class 0, so that column scores them;
+        # class-aware ones (DINO) by their best class.
+        scores = logits.max(-1).values if self.class_aware_proposals else logits[..., 0]
         # Unusable positions (padding, proposals at the border) are never picked; the
         # original code can pick them and then starts from a box at infinity.
-        scores = logits[..., 0].masked_fill(~usable, float("-inf"))
+        scores = scores.masked_fill(~usable, float("-inf"))
         k = min(num_proposals, scores.shape[1])
         topk = scores.topk(k, dim=1).indices
         topk_coords = coords.gather(1, topk[..., None].expand(-1, -1, 4)).detach()
         reference = topk_coords.sigmoid()
+        enc_outputs = {"pred_logits": logits, "pred_boxes": coords.sigmoid()}
+        if self.decoder.anchor_queries:
+            return None, None, reference, enc_outputs
         embedding = self.pos_trans_norm(
             self.pos_trans(sine_embed_coordinates(reference, self.d_model // 2))
         )
         query_pos, tgt = embedding.split(self.d_model, dim=-1)
-        return query_pos, tgt, reference, {"pred_logits": logits, "pred_boxes": coords.sigmoid()}
+        return query_pos, tgt, reference, enc_outputs
 
     # --- decoder ------------------------------------------------------------------
     def decode(self, encoded: EncoderMemory, tgt, reference_points, query_pos=None, self_attn_mask=None,

@@ -24,6 +24,7 @@ __all__ = [
     "AnchorQueries",
     "LearnedPointQueries",
     "LearnedQueries",
+    "ProposalQueries",
     "QueryBundle",
     "build_query_generator",
     "inverse_sigmoid",
@@ -195,3 +196,46 @@ class AnchorQueries(nn.Module):
 
     def forward(self, batch_size: int, **context) -> QueryBundle:
         return QueryBundle(tgt=self.content(), reference_points=self.anchor_embed.weight.sigmoid())
+
+
+@QUERY_GENERATOR_REGISTRY.register()
+class ProposalQueries(nn.Module):
+    """Mixed query selection (DINO; the official Co-Deformable-DETR): learned content
+    queries joined to the reference boxes (and, when the model makes them, positional
+    queries) of the encoder's top proposals, which the model passes as ``proposals``
+    [B, K, 4] and ``proposal_pos`` [B, K, d] or None. Static content with image-dependent
+    positions: the proposals' own embeddings would make the content as ambiguous as
+    the boxes they come from (the DINO paper, section 3.4).
+
+    ``with_indicator``: the content ends with DN-DETR's 0 indicator (as ``AnchorQueries``).
+    With fewer proposals than queries (a tiny image) the first K contents are used.
+    """
+
+    @configurable
+    def __init__(self, num_queries: int, hidden_dim: int, with_indicator: bool = True):
+        super().__init__()
+        self.with_indicator = with_indicator
+        self.tgt_embed = nn.Embedding(num_queries, hidden_dim - 1 if with_indicator else hidden_dim)
+        # Standard normal, as DINO's content embedding (nn.Embedding's default).
+
+    @classmethod
+    def from_config(cls, cfg):
+        dd = cfg.MODEL.DEFORMABLE_DETR
+        # The indicator belongs to anchor queries (DN needs them); the official
+        # Co-Deformable-DETR's mixed selection has plain positional queries and no indicator.
+        return {**_size_from_config(cfg), "with_indicator": dd.ANCHOR_INDICATOR and dd.ANCHOR_QUERIES}
+
+    @property
+    def num_queries(self) -> int:
+        return self.tgt_embed.num_embeddings
+
+    def forward(self, batch_size: int, proposals: Optional[torch.Tensor] = None,
+                proposal_pos: Optional[torch.Tensor] = None, **context) -> QueryBundle:
+        if proposals is None:
+            raise ValueError("ProposalQueries takes its boxes from the encoder's proposals: it needs a two-stage "
+                             "model (MODEL.DEFORMABLE_DETR.TWO_STAGE with MIXED_SELECTION)")
+        count = proposals.shape[-2]
+        tgt = self.tgt_embed.weight[:count]
+        if self.with_indicator:
+            tgt = torch.cat([tgt, tgt.new_zeros(count, 1)], dim=1)
+        return QueryBundle(query_pos=proposal_pos, tgt=per_image(tgt, batch_size), reference_points=proposals)

@@ -4,6 +4,7 @@ R-CNN) and their customized positive queries, training only; ``CoDeformableDetr`
 from .atss import ATSSAuxHead
 from .aux_heads import AUX_HEAD_REGISTRY, AuxHead, PositiveSamples, build_aux_head
 from .config import add_codetr_config
+from .convert import convert_official_codetr
 from .fcos import FCOSAuxHead
 from .meta_arch import CoDeformableDetr
 from .positive_queries import PositiveQueries, SelectedQueries, select_positive_queries
@@ -21,5 +22,6 @@ __all__ = [
     "SelectedQueries",
     "add_codetr_config",
     "build_aux_head",
+    "convert_official_codetr",
     "select_positive_queries",
 ]

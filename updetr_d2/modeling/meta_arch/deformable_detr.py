@@ -28,6 +28,7 @@ from ..matcher import HungarianMatcher
 from ..plugins import build_plugins
 from ..queries import QueryBundle, build_query_generator, per_image
 from .base import DecoderStates, DetectorState, SetPredictionDetector
+from .detr import matcher_class_weight
 
 __all__ = ["DeformableDetr", "EncoderProposalRoute", "build_deformable_criterion", "input_projections"]
 
@@ -63,7 +64,7 @@ def build_deformable_criterion(
     d, dd = cfg.MODEL.DETR, cfg.MODEL.DEFORMABLE_DETR
     num_classes = d.NUM_CLASSES if num_classes is None else num_classes
     matcher = HungarianMatcher(
-        cost_class=d.CLASS_WEIGHT, cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT,
+        cost_class=matcher_class_weight(cfg), cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT,
         class_cost_type="focal", focal_alpha=dd.FOCAL_ALPHA,
     )
     weights = {"loss_focal": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
@@ -77,14 +78,22 @@ def build_deformable_criterion(
 
 
 def build_deformable_query_generator(cfg) -> Optional[nn.Module]:
-    """None for two-stage (the queries come from the encoder), else the generator of
-    ``MODEL.DETR.QUERY_GENERATOR`` (default: anchors or learned points)."""
+    """None for two-stage (the queries come from the encoder); with mixed selection the
+    generator of the learned content queries that the selected proposals' boxes join
+    (``ProposalQueries``); else the generator of ``MODEL.DETR.QUERY_GENERATOR`` (default:
+    anchors or learned points)."""
     dd = cfg.MODEL.DEFORMABLE_DETR
+    if dd.MIXED_SELECTION and not dd.TWO_STAGE:
+        raise ValueError("MODEL.DEFORMABLE_DETR.MIXED_SELECTION selects the queries' boxes among the encoder's "
+                         "proposals: it needs MODEL.DEFORMABLE_DETR.TWO_STAGE")
+    if dd.TWO_STAGE and dd.MIXED_SELECTION:
+        return build_query_generator(cfg, default="ProposalQueries")
     if dd.TWO_STAGE:
         if dd.ANCHOR_QUERIES or cfg.MODEL.DETR.QUERY_GENERATOR:
             raise ValueError(
-                "MODEL.DEFORMABLE_DETR.TWO_STAGE takes its queries from the encoder; it cannot be "
-                "combined with MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES or MODEL.DETR.QUERY_GENERATOR"
+                "MODEL.DEFORMABLE_DETR.TWO_STAGE takes its queries from the encoder; with "
+                "MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES or MODEL.DETR.QUERY_GENERATOR it needs "
+                "MODEL.DEFORMABLE_DETR.MIXED_SELECTION (learned content, the proposals' boxes)"
             )
         return None
     return build_query_generator(cfg, default="AnchorQueries" if dd.ANCHOR_QUERIES else "LearnedPointQueries")
@@ -92,17 +101,20 @@ def build_deformable_query_generator(cfg) -> Optional[nn.Module]:
 
 class EncoderProposalRoute:
     """Loss route of two-stage Deformable DETR: the encoder's scored proposals are
-    supervised class-agnostically (every object is class 0), keys tagged ``_enc``."""
+    supervised class-agnostically (every object is class 0) or, ``class_aware`` (DINO),
+    with the classes; keys tagged ``_enc``."""
 
-    def __init__(self, enc_outputs: Dict):
+    def __init__(self, enc_outputs: Dict, class_aware: bool = False):
         self.enc_outputs = enc_outputs
+        self.class_aware = class_aware
 
     def split(self, outputs: Dict):
         return self.enc_outputs, outputs
 
     def losses(self, criterion: SetCriterion, own: Dict, targets) -> Dict:
-        binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-        return criterion(own, binary, tag="_enc")
+        if not self.class_aware:
+            targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+        return criterion(own, targets, tag="_enc")
 
 
 @META_ARCH_REGISTRY.register()
@@ -146,14 +158,16 @@ class DeformableDetr(SetPredictionDetector):
             plugins=plugins,
             encoder_only=encoder_only,
         )
-        if two_stage != (query_generator is None):
-            raise ValueError("two-stage Deformable DETR takes its queries from the encoder: "
-                             "give query_generator=None exactly when two_stage=True")
-        if two_stage and num_queries is None:
+        # Two-stage without a generator: queries entirely from the proposals (num_queries of
+        # them); with one: mixed selection, the generator's learned content with the boxes.
+        mixed = two_stage and query_generator is not None
+        if not two_stage and query_generator is None:
+            raise ValueError("Deformable DETR needs a query generator unless it is two-stage")
+        if two_stage and not mixed and num_queries is None:
             raise ValueError("two-stage Deformable DETR needs num_queries (encoder proposals kept)")
-        if not two_stage and num_queries is not None:
-            raise ValueError("num_queries is for two-stage only; the query generator holds the "
-                             "number of queries")
+        if (mixed or not two_stage) and num_queries is not None:
+            raise ValueError("num_queries is for two-stage without a query generator; otherwise the "
+                             "query generator holds the number of queries")
         if two_stage and not transformer.two_stage:
             raise ValueError("two_stage=True needs a DeformableTransformer built with two_stage=True")
         self.position_embedding = position_embedding
@@ -165,7 +179,7 @@ class DeformableDetr(SetPredictionDetector):
             share=not with_box_refine, two_stage=two_stage, aux_loss=aux_loss,
             box_references=transformer.decoder.anchor_queries,
         )
-        self.num_proposals = num_queries
+        self.num_proposals = query_generator.num_queries if mixed else num_queries
         self.two_stage = two_stage
         self.test_topk = test_topk
         if encoder_only:
@@ -179,7 +193,9 @@ class DeformableDetr(SetPredictionDetector):
         d, dd = cfg.MODEL.DETR, cfg.MODEL.DEFORMABLE_DETR
         return {
             "backbone": MaskedBackbone(build_backbone(cfg), dd.IN_FEATURES),
-            "position_embedding": PositionEmbeddingSine(d.HIDDEN_DIM // 2, normalize=True, offset=-0.5),
+            "position_embedding": PositionEmbeddingSine(
+                d.HIDDEN_DIM // 2, temperature=d.POSITION_TEMPERATURE, normalize=True, offset=-0.5
+            ),
             "transformer": DeformableTransformer(
                 d_model=d.HIDDEN_DIM,
                 nhead=d.NHEADS,
@@ -193,6 +209,9 @@ class DeformableDetr(SetPredictionDetector):
                 two_stage=dd.TWO_STAGE,
                 anchor_queries=dd.ANCHOR_QUERIES,
                 recompute_sampling=dd.RECOMPUTE_SAMPLING,
+                query_scale=dd.ANCHOR_QUERY_SCALE,
+                look_forward_twice=dd.LOOK_FORWARD_TWICE,
+                class_aware_proposals=dd.TWO_STAGE_CLASS_AWARE,
             ),
             "query_generator": build_deformable_query_generator(cfg),
             "criterion": build_deformable_criterion(cfg),
@@ -200,7 +219,7 @@ class DeformableDetr(SetPredictionDetector):
             "hidden_dim": d.HIDDEN_DIM,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "num_queries": d.NUM_OBJECT_QUERIES if dd.TWO_STAGE else None,
+            "num_queries": d.NUM_OBJECT_QUERIES if dd.TWO_STAGE and not dd.MIXED_SELECTION else None,
             "aux_loss": d.DEEP_SUPERVISION,
             "with_box_refine": dd.WITH_BOX_REFINE,
             "two_stage": dd.TWO_STAGE,
@@ -250,8 +269,15 @@ class DeformableDetr(SetPredictionDetector):
         query_pos, tgt, reference, enc_outputs = self.transformer.two_stage_proposals(
             state.memory, self.heads.class_embed[-1], self.heads.bbox_embed[-1], self.num_proposals
         )
-        routes = [EncoderProposalRoute(enc_outputs)] if self.training else []
-        return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference, meta={"loss_routes": routes})
+        routes = [EncoderProposalRoute(enc_outputs, self.transformer.class_aware_proposals)] if self.training else []
+        if self.query_generator is None:
+            return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference, meta={"loss_routes": routes})
+        # Mixed selection: the generator adds its learned content (and, in training, what
+        # wrappers such as DN add) to the selected boxes.
+        context = {"targets": state.targets} if self.training else {}
+        bundle = self.query_generator(len(state.images), proposals=reference, proposal_pos=query_pos, **context)
+        bundle.meta = {**bundle.meta, "loss_routes": [*routes, *bundle.meta.get("loss_routes", ())]}
+        return bundle
 
     def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:
         batch = len(state.images)

@@ -24,14 +24,22 @@ from ..plugins import build_plugins
 from ..queries import QueryBundle, build_query_generator
 from .base import DecoderStates, DetectorState, SetPredictionDetector
 
-__all__ = ["Detr", "build_position_embedding", "build_transformer", "build_detr_criterion"]
+__all__ = ["Detr", "build_position_embedding", "build_transformer", "build_detr_criterion", "matcher_class_weight"]
+
+
+def matcher_class_weight(cfg) -> float:
+    """The matcher's class cost weight: ``MODEL.DETR.MATCHER_CLASS_WEIGHT``, or the class
+    loss weight when that is negative (DETR and Deformable DETR use one number for both)."""
+    d = cfg.MODEL.DETR
+    return d.CLASS_WEIGHT if d.MATCHER_CLASS_WEIGHT < 0 else d.MATCHER_CLASS_WEIGHT
 
 
 def build_position_embedding(cfg):
     hidden_dim = cfg.MODEL.DETR.HIDDEN_DIM
     kind = cfg.MODEL.DETR.POSITION_EMBEDDING
     if kind == "sine":
-        return PositionEmbeddingSine(hidden_dim // 2, normalize=True, scale=2 * math.pi)
+        return PositionEmbeddingSine(hidden_dim // 2, temperature=cfg.MODEL.DETR.POSITION_TEMPERATURE, normalize=True,
+                                     scale=2 * math.pi)
     if kind == "learned":
         return PositionEmbeddingLearned(hidden_dim // 2)
     raise ValueError(f"MODEL.DETR.POSITION_EMBEDDING must be 'sine' or 'learned', got {kind!r}")
@@ -55,7 +63,7 @@ def build_detr_criterion(cfg, num_classes: int = None, extra_terms=(), extra_wei
     """DETR's matcher and losses from ``MODEL.DETR``; methods append their own terms."""
     d = cfg.MODEL.DETR
     num_classes = d.NUM_CLASSES if num_classes is None else num_classes
-    matcher = HungarianMatcher(cost_class=d.CLASS_WEIGHT, cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT)
+    matcher = HungarianMatcher(cost_class=matcher_class_weight(cfg), cost_bbox=d.L1_WEIGHT, cost_giou=d.GIOU_WEIGHT)
     weights = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
     weights.update(extra_weights or {})
     return SetCriterion(
