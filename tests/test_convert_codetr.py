@@ -26,7 +26,6 @@ from updetr_d2.checkpoint.official_detr import (
     coco_detection_class_rows,
     detect_official_detr,
     official_layout_config,
-    official_state_dict,
 )
 from updetr_d2.layers.deformable_transformer import DeformableDecoderLayer
 from updetr_d2.layers.ms_deform_attn import MSDeformAttn
@@ -382,15 +381,12 @@ META = {  # what mmcv/mmdet write (tools/train.py, runner, CheckpointHook)
     "epoch": 12, "iter": 88704, "mmcv_version": "1.7.0", "time": "Thu Jan  5 10:00:00 2023",
     "hook_msgs": {"last_ckpt": "work_dirs/epoch_12.pth"},
 }
-_UNWRAPS = official_state_dict({"state_dict": {"a": 1}}) == {"a": 1}
 
 
 @pytest.mark.parametrize("entry, legacy", [
     ("model", False),
     ("model", True),  # mmdet's publish_model writes the legacy (non-zip) format
-    pytest.param("state_dict", False, marks=pytest.mark.xfail(
-        not _UNWRAPS, strict=True,
-        reason="official_detr.official_state_dict does not yet unwrap mmdet's 'state_dict' entry")),
+    ("state_dict", False),  # mmdet's own layout
 ])
 def test_official_file_loads_through_the_checkpointer(co_model, official, entry, legacy, tmp_path):
     path = str(tmp_path / "co_deformable_detr_r50_1x_coco.pth")

@@ -264,7 +264,7 @@ def test_cli_converts_a_panoptic_file(tool, official, project_models, tmp_path, 
     torch.save({"model": official["panoptic"], "args": argparse.Namespace(masks=True)}, source)
     assert tool.main([source, target]) == 0  # checks against the config's model too
     out = capsys.readouterr().out
-    assert "panoptic" in out and "251 -> 134 rows" in out and "detr_r50_panoptic_mask.yaml" in out
+    assert "panoptic" in out and "251 -> 134 rows" in out and "detr_r50_panoptic_mask_official.yaml" in out
     data = torch.load(target, weights_only=True)
     assert data["__author__"] == "official DETR (converted by updetr_d2)"
     assert data["matching_heuristics"] is False
@@ -319,7 +319,7 @@ def test_cli_maps_a_panoptic_box_stage_head_to_the_panoptic_classes(tool, offici
     state = dict(official["detection"])
     state["class_embed.weight"], state["class_embed.bias"] = torch.randn(251, 256), torch.randn(251)
     layout, config, opts = tool.plan({"model": state})
-    assert layout == "detection" and config == "projects/Panoptic/configs/detr_r50_panoptic_box.yaml"
+    assert layout == "detection" and config == "projects/Panoptic/configs/detr_r50_panoptic_box_official.yaml"
     converted = tool.convert(state, tool.build_model(os.path.join(ROOT, config), opts))
     rows = list(COCO_PANOPTIC_CLASS_ROWS) + [250]
     assert torch.equal(converted["heads.class_embed.weight"], state["class_embed.weight"][rows])

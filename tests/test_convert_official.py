@@ -8,6 +8,7 @@ converters (ResNet-18, width 32, 1 encoder and 2 decoder layers), with random va
 the class heads get the official row counts.
 """
 import argparse
+import importlib
 import math
 import os
 import re
@@ -265,3 +266,51 @@ def test_the_tool_converts_any_registered_layout(tmp_path, cases, capsys):
     assert "deformable_two_stage_refine" in out and "transformer.decoder.class_embed.0.weight" in out
     saved = torch.load(target, weights_only=True)["model"]
     assert set(saved) == set(model.state_dict())
+
+
+# The preprocessing configs/detr/detr_r50_official.yaml sets for the official weights.
+OFFICIAL_PREPROCESSING = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.DETR.SIZE_DIVISIBILITY", "INPUT.FORMAT",
+                          "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
+
+
+def _config_value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("stage", ["box", "mask"])
+def test_the_panoptic_layouts_run_with_the_official_preprocessing(stage):
+    """The panoptic box stage (a "detection" file with the 251-row panoptic head) and the
+    panoptic mask model build from configs that pad as the official code (to the batch's
+    largest image), unlike the training configs they extend (multiples of 32)."""
+    from detectron2.config import LazyConfig, instantiate
+
+    importlib.import_module("updetr_d2.methods.panoptic.convert")  # registers the "panoptic" layout
+
+    name = f"projects/Panoptic/configs/detr_r50_panoptic_{stage}_official"
+    box_stage = {"class_embed.weight": torch.zeros(251, 256)}
+    registered = (official_layout_config("detection", box_stage) if stage == "box"
+                  else official_layout_config("panoptic"))
+    assert registered == name + ".yaml"
+
+    cfg = load_yaml_config(os.path.join(ROOT, name + ".yaml"), TINY)
+    detection = load_yaml_config(os.path.join(ROOT, official_layout_config("detection")))
+    assert [_config_value(cfg, k) for k in OFFICIAL_PREPROCESSING] == [
+        _config_value(detection, k) for k in OFFICIAL_PREPROCESSING]
+    base = load_yaml_config(os.path.join(ROOT, name.replace("_official", "") + ".yaml"))
+    assert base.MODEL.DETR.SIZE_DIVISIBILITY == 32  # what the official weights must not get
+    assert cfg.MODEL.DETR.NUM_CLASSES == 133
+    model = build_model(cfg)
+    assert model.size_divisibility == 0
+    assert (stage == "mask") == any(k.startswith("plugins.0.mask_head.") for k in model.state_dict())
+
+    lazy = LazyConfig.load(os.path.join(ROOT, name + ".py"))
+    lazy.model.backbone.backbone.pop("pretrained", None)  # no ImageNet weights needed
+    assert instantiate(lazy.model).size_divisibility == 0
+    mapper = lazy.dataloader.test.mapper
+    resize = mapper.augmentations[0]
+    assert (mapper.image_format, resize.short_edge_length, resize.max_size) == (
+        cfg.INPUT.FORMAT, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    assert list(lazy.model.pixel_mean) == list(cfg.MODEL.PIXEL_MEAN)
+    assert list(lazy.model.pixel_std) == list(cfg.MODEL.PIXEL_STD)

@@ -31,7 +31,7 @@ import torch
 
 import updetr_d2  # noqa: F401  (compat fixes and registrations, before Detectron2 is used)
 from updetr_d2.checkpoint.integrity import save_checkpoint
-from updetr_d2.checkpoint.official_detr import (
+from updetr_d2.checkpoint.official_layouts import (
     convert_official_layout,
     detect_official_detr,
     load_official_checkpoint,

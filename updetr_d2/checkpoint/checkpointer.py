@@ -24,7 +24,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.files import atomic_write
 from .integrity import folder_state, newest_intact, remove_leftovers, save_checkpoint, verify_checksum
-from .official_detr import convert_official_for_model, load_official_checkpoint
+from .official_layouts import convert_official_for_model, load_official_checkpoint
 from .resnet_conversion import ConversionReport, convert_resnet_state_dict
 from .safe_load import UnsafeCheckpointError, is_pickle_file, load_checkpoint_file
 from .skip import check_skip_prefixes, skip_parts

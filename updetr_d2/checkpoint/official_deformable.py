@@ -43,15 +43,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .official_detr import (
+from .official_helpers import (
     coco_detection_class_rows,
     convert_official_backbone,
     gather_class_rows,
     is_backbone_key,
-    register_official_layout,
     report_dropped,
     resnet_depth_opts,
 )
+from .official_layouts import register_official_layout
 
 __all__ = [
     "COCO_FOCAL_ROWS",

@@ -41,7 +41,8 @@ from ...checkpoint.official_deformable import (
     deformable_level_opts,
     focal_class_rows,
 )
-from ...checkpoint.official_detr import gather_class_rows, register_official_layout, report_dropped
+from ...checkpoint.official_helpers import gather_class_rows, report_dropped
+from ...checkpoint.official_layouts import register_official_layout
 
 __all__ = ["DN_DEFORMABLE_MARKERS", "convert_official_dn_deformable", "official_ref_point_head_weight"]
 

@@ -4,6 +4,7 @@ focal + dice losses, DETR's panoptic post-processing with the padding fixed, the
 panoptic dataset mapper and the config keys. Two-stage recipe: train the detector on the
 boxes of every segment (things and stuff), then the mask head alone
 (``MODEL.PANOPTIC.FREEZE_DETECTOR``); or both jointly."""
+from . import convert  # noqa: F401  (registers the official DETR panoptic checkpoint layout)
 from . import mapper  # noqa: F401  (registers PanopticDetrDatasetMapper)
 from .config import add_panoptic_config
 from .losses import MaskFocalDice, dice_loss, focal_mask_loss

@@ -19,7 +19,9 @@ from typing import Dict, List, Mapping
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from torch import Tensor
 
-from ...checkpoint.official_detr import convert_official_detr, register_official_layout, resnet_depth_opts
+from ...checkpoint.official_detr import convert_official_detr
+from ...checkpoint.official_helpers import resnet_depth_opts
+from ...checkpoint.official_layouts import register_official_layout
 
 __all__ = [
     "COCO_PANOPTIC_CLASS_ROWS",
@@ -77,7 +79,7 @@ def convert_official_detr_panoptic(state_dict: Mapping, plugin_index: int = 0) -
     return converted
 
 
-@register_official_layout("panoptic", config="projects/Panoptic/configs/detr_r50_panoptic_mask.yaml",
+@register_official_layout("panoptic", config="projects/Panoptic/configs/detr_r50_panoptic_mask_official.yaml",
                           opts=resnet_depth_opts("detr."))
 def convert_for_model(state_dict: Mapping, model_shapes: Mapping) -> Dict[str, Tensor]:
     """The DetrCheckpointer's automatic conversion: the mask head goes to the model's

@@ -24,14 +24,9 @@ from typing import Dict, Mapping
 
 from torch import Tensor
 
-from ...checkpoint.official_detr import (
-    DETECTION_MARKERS,
-    convert_detection_for_model,
-    convert_official_detr,
-    register_official_layout,
-    report_dropped,
-    resnet_depth_opts,
-)
+from ...checkpoint.official_detr import DETECTION_MARKERS, convert_detection_for_model, convert_official_detr
+from ...checkpoint.official_helpers import report_dropped, resnet_depth_opts
+from ...checkpoint.official_layouts import register_official_layout
 
 __all__ = ["FINETUNED_MARKERS", "PRETRAINING_MARKERS", "convert_official_updetr_pretraining"]
 
