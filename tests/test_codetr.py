@@ -92,15 +92,19 @@ def test_hand_case_reference_and_target_boxes_and_zero_loss():
 
 # --- the meta-architecture ------------------------------------------------------------
 def tiny_cfg(heads=("FasterRCNNAuxHead", "ATSSAuxHead", "FCOSAuxHead"), variant="refine"):
+    """A tiny Co-DETR; ``variant`` "dino" is Co-DINO (contrastive denoising, mixed query
+    selection, look-forward-twice, positive queries without the feature term)."""
     cfg = get_cfg()
     add_updetr_config(cfg)
-    cfg.merge_from_file(os.path.join(CODETR, "co_deformable_detr_R18_demo.yaml"))
+    config = "co_dino_R18_demo.yaml" if variant == "dino" else "co_deformable_detr_R18_demo.yaml"
+    cfg.merge_from_file(os.path.join(CODETR, config))
     d, dd = cfg.MODEL.DETR, cfg.MODEL.DEFORMABLE_DETR
     d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD = 32, 4, 64
     d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES, d.DROPOUT = 1, 2, 10, 0.0
-    dd.TWO_STAGE = variant == "two_stage"
-    dd.ANCHOR_QUERIES = variant == "dn"
-    cfg.MODEL.DN.ENABLED = variant == "dn"
+    if variant != "dino":
+        dd.TWO_STAGE = variant == "two_stage"
+        dd.ANCHOR_QUERIES = variant == "dn"
+        cfg.MODEL.DN.ENABLED = variant == "dn"
     cfg.MODEL.CO_DETR.AUX_HEADS = list(heads)
     cfg.MODEL.CO_DETR.MAX_POSITIVE_QUERIES = 30
     cfg.MODEL.DEVICE = "cpu"
@@ -120,7 +124,7 @@ def test_loss_weights_follow_the_paper():
     assert model.positive_query_weight == 1.0
 
 
-@pytest.mark.parametrize("variant", ["refine", "two_stage", "dn"])
+@pytest.mark.parametrize("variant", ["refine", "two_stage", "dn", "dino"])
 def test_training_step_gives_every_head_and_pass_finite_losses(variant):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(variant=variant)).train()
@@ -159,12 +163,13 @@ def test_main_branch_is_independent_of_the_auxiliary_passes():
         torch.testing.assert_close(state.outputs[key], alone[key])
 
 
-def test_inference_is_the_base_detector():
+@pytest.mark.parametrize("variant", ["refine", "dino"])
+def test_inference_is_the_base_detector(variant):
     """Same weights, aux heads on or off: identical detections and identical FLOPs; the
-    Co-DETR checkpoint loads into a plain Deformable DETR."""
+    Co-DETR (Co-DINO) checkpoint loads into a plain Deformable DETR (DINO)."""
     torch.manual_seed(0)
-    co = build_model(tiny_cfg()).eval()
-    base_cfg = tiny_cfg()
+    co = build_model(tiny_cfg(variant=variant)).eval()
+    base_cfg = tiny_cfg(variant=variant)
     base_cfg.MODEL.META_ARCHITECTURE = "DeformableDetr"
     base = build_model(base_cfg).eval()
     missing, unexpected = base.load_state_dict(co.state_dict(), strict=False)
@@ -190,7 +195,8 @@ def test_inference_is_the_base_detector():
     assert flops[0] == flops[1] > 0
 
 
-@pytest.mark.parametrize("name", ["co_deformable_detr_r50", "co_dn_deformable_detr_r50", "co_deformable_detr_R18_demo"])
+@pytest.mark.parametrize("name", ["co_deformable_detr_r50", "co_dn_deformable_detr_r50", "co_deformable_detr_R18_demo",
+                                  "co_dino_r50", "co_dino_R18_demo"])
 def test_yaml_and_lazy_build_the_same_model(name):
     from detectron2.config import LazyConfig, instantiate
 

@@ -177,6 +177,28 @@ def test_codetr_with_all_three_heads_trains_and_evaluates(tmp_path):
 
 
 @pytest.mark.parametrize("route", ["yaml", "lazy"])
+def test_co_dino_trains_and_evaluates(tmp_path, route):
+    """Co-DINO at demo size (DINO with Co-DETR's heads) on both config routes: the matching,
+    contrastive denoising, encoder, auxiliary-head and positive-query losses are logged and
+    finite; evaluation runs DINO alone."""
+    out = str(tmp_path / route)
+    config = os.path.join(ROOT, "projects", "CoDETR", "configs", "co_dino_R18_demo." + ("py" if route == "lazy" else "yaml"))
+    if route == "lazy":
+        overrides = [*DETR_LAZY_FAST, "train.max_iter=3", "train.checkpointer.period=100", f"train.output_dir={out}"]
+    else:
+        overrides = [*DETR_YAML_FAST, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", out]
+    output = train_net("--config-file", config, *overrides)
+    with open(os.path.join(out, "metrics.json")) as f:
+        losses = {k: v for line in f for k, v in json.loads(line).items() if k.startswith("loss_")}
+    for key in ("loss_focal", "loss_focal_dn", "loss_bbox_dn_0", "loss_focal_enc", "loss_focal_co_atss",
+                "loss_giou_co_rcnn_0"):
+        assert key in losses, sorted(losses)
+    assert any(k.startswith("loss_atss_") for k in losses) and any(k.startswith("loss_rcnn_") for k in losses)
+    assert all(math.isfinite(v) for v in losses.values())
+    coco_bbox_metrics(output)
+
+
+@pytest.mark.parametrize("route", ["yaml", "lazy"])
 def test_mixed_precision_trains_and_evaluates_on_a_cpu(tmp_path, route):
     """SOLVER.AMP.ENABLED / train.amp.enabled: bf16 autocast on a CPU that has it (fp32 with
     one log line on one that has not), for training and, asked for, evaluation."""

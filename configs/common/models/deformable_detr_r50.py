@@ -2,7 +2,8 @@
 projects/DeformableDETR/configs/deformable_detr_r50.yaml.
 
 ``use_dn_queries(model)`` is the DN-Deformable-DETR switch: anchor queries wrapped in
-denoising groups; their sizes follow the model's.
+denoising groups; their sizes follow the model's. ``use_dino(model)`` turns the node into
+DINO (contrastive denoising, mixed query selection, look-forward-twice).
 
 The number of queries has one home: the query generator's ``num_queries``. ``model.num_queries``
 is read by the two-stage variant only (no query generator: that many top encoder proposals
@@ -14,7 +15,7 @@ from updetr_d2.layers.position_encoding import PositionEmbeddingSine
 from updetr_d2.methods.dn import DenoisingQueries
 from updetr_d2.modeling import BoxL1GIoU, HungarianMatcher, LabelFocal, SetCriterion
 from updetr_d2.modeling.meta_arch.deformable_detr import DeformableDetr
-from updetr_d2.modeling.queries import AnchorQueries, LearnedPointQueries
+from updetr_d2.modeling.queries import AnchorQueries, LearnedPointQueries, ProposalQueries
 
 from .resnet50 import masked_resnet50
 
@@ -76,5 +77,33 @@ def use_dn_queries(model, num_groups=5, label_noise_prob=0.2, box_noise_scale=0.
         label_noise_prob=label_noise_prob,
         box_noise_scale=box_noise_scale,
         mask_padding=mask_padding,
+    )
+    return model
+
+
+def use_dino(model, num_queries=900, num_dn_queries=200, label_noise_prob=0.25, box_noise_scale=0.4):
+    """Turn a Deformable DETR node into DINO (projects/DINO/configs/dino_r50.yaml says what
+    each setting is): box refinement, two-stage with mixed query selection (``num_queries``
+    learned content queries on the top proposals' boxes), anchor-query decoder without the
+    content scale, look-forward-twice, class-aware proposals, contrastive denoising of
+    about ``num_dn_queries`` queries; matching class cost 2, focal weight 1, temperature 20.
+    The width, feedforward and dropout stay the node's (DINO-R50: 2048 and 0)."""
+    model.pop("num_queries", None)
+    model.update(with_box_refine=True, two_stage=True)
+    model.transformer.update(two_stage=True, anchor_queries=True, query_scale=False, look_forward_twice=True,
+                             class_aware_proposals=True)
+    model.position_embedding.temperature = 20
+    model.criterion.matcher.cost_class = 2.0
+    model.criterion.weight_dict["loss_focal"] = 1.0
+    model.query_generator = L(DenoisingQueries)(
+        base=L(ProposalQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=False),
+        num_classes="${..num_classes}",
+        hidden_dim="${..hidden_dim}",
+        num_heads="${..transformer.nhead}",
+        label_noise_prob=label_noise_prob,
+        box_noise_scale=box_noise_scale,
+        contrastive=True,
+        num_dn_queries=num_dn_queries,
+        with_indicator=False,
     )
     return model

@@ -20,6 +20,14 @@ def add_dn_config(cfg):
     dn.BOX_NOISE_SCALE = 0.4  # centre shift up to SCALE/2 of the side, sides scaled by 1 +- SCALE
     # Hide the padding slots of the denoising groups from every query (DN-DETR leaves them visible).
     dn.MASK_PADDING = True
+    # DINO's contrastive denoising: each group also holds a negative copy of every object,
+    # its box noise between BOX_NOISE_SCALE and twice that (in half box sides), trained as
+    # "no object". With it, BOX_NOISE_SCALE bounds each corner's move (DINO: 0.4 -> 0.4 of
+    # half a side for positives, 0.4-0.8 for negatives).
+    dn.CONTRASTIVE = False
+    # > 0: groups per batch = max(1, NUM_QUERIES // (copies per object * most objects in an
+    # image)), so the denoising part stays near this size (DINO: 200); 0: NUM_GROUPS always.
+    dn.NUM_QUERIES = 0
     return cfg
 
 
@@ -43,4 +51,8 @@ def wrap_with_denoising(cfg, generator):
         label_noise_prob=dn.LABEL_NOISE_PROB,
         box_noise_scale=dn.BOX_NOISE_SCALE,
         mask_padding=dn.MASK_PADDING,
+        contrastive=dn.CONTRASTIVE,
+        num_dn_queries=dn.NUM_QUERIES,
+        # DN content has the indicator exactly when the matching content does.
+        with_indicator=cfg.MODEL.DEFORMABLE_DETR.ANCHOR_INDICATOR,
     )

@@ -5,6 +5,11 @@
 supervises it with the clean ground truth under the fixed assignment (slot ``g*M + i``
 reconstructs ground truth ``i``), keys tagged ``_dn``; padding slots are left out of
 the classification loss through ``query_valid`` (see the criterion's module docstring).
+
+Contrastive groups (DINO): each group holds a positive copy of every ground truth in
+slots ``g*2M + i`` and a negative copy in ``g*2M + M + i``. Only the positives are
+assigned (box and class losses); the negatives are valid, unassigned slots, so the
+classification loss trains them as "no object" and they get no box loss.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -17,37 +22,52 @@ __all__ = ["DenoisingGroups"]
 
 @dataclass(eq=False)  # eq=False: tensors have no truth value
 class DenoisingGroups:
-    """Where the DN queries are: ``num_groups`` (P) groups of ``group_size`` (M, the
-    batch's largest GT count) slots, in front of the matching queries; slot
-    ``g*M + i`` of image b holds a noised copy of its GT ``i`` when ``i < #GT_b``.
+    """Where the DN queries are: ``num_groups`` (P) groups of ``group_size`` slots, in
+    front of the matching queries. With M the batch's largest GT count, a group has
+    M slots (slot ``g*M + i`` of image b holds a noised copy of its GT ``i`` when
+    ``i < #GT_b``) or, ``contrastive``, 2M: positives then negatives.
 
-    valid: bool [B, P*M], False = padding slot.
+    valid: bool [B, P*group_size], False = padding slot.
     """
 
     num_groups: int
     group_size: int
     valid: Tensor
+    contrastive: bool = False
 
     def __post_init__(self):
         n = self.num_groups * self.group_size
         v = self.valid
         if v.dtype != torch.bool or v.dim() != 2 or v.shape[1] != n:
             raise ValueError(f"DenoisingGroups.valid must be bool [B, {n}]; got {v.dtype} {tuple(v.shape)}")
+        if self.contrastive and self.group_size % 2:
+            raise ValueError(f"contrastive groups hold positives and negatives: group_size must be even, "
+                             f"got {self.group_size}")
+
+    @property
+    def gt_slots(self) -> int:
+        """M: the slots of one copy of the batch's ground truth in a group."""
+        return self.group_size // 2 if self.contrastive else self.group_size
 
     @property
     def num_queries(self) -> int:
-        """P*M, the number of DN queries (the index where the matching queries start)."""
+        """P * group_size, the number of DN queries (the index where the matching queries start)."""
         return self.num_groups * self.group_size
 
     def indices(self) -> List[Tuple[Tensor, Tensor]]:
-        """Per image ``(slot_idx, tgt_idx)`` (int64, on ``valid``'s device): slot
-        ``g*M + i`` paired with GT ``i``, valid slots only, group-major; the fixed
-        assignment given to ``SetCriterion(indices=...)``."""
+        """Per image ``(slot_idx, tgt_idx)`` (int64, on ``valid``'s device): each valid
+        positive slot paired with the GT it copies (``i`` for slot ``g*M + i``, or
+        ``g*2M + i`` in contrastive groups), group-major; the fixed assignment given to
+        ``SetCriterion(indices=...)``. Negative slots are not assigned."""
         out = []
         for valid in self.valid:
             slots = valid.nonzero().flatten()
-            tgt = slots % self.group_size if self.group_size > 0 else slots
-            out.append((slots, tgt))
+            if self.group_size == 0:
+                out.append((slots, slots))
+                continue
+            within = slots % self.group_size
+            positive = within < self.gt_slots
+            out.append((slots[positive], within[positive]))
         return out
 
     # --- loss route (``QueryBundle.meta["loss_routes"]``) ---------------------------

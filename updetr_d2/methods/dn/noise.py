@@ -1,11 +1,12 @@
-"""DN-DETR's noise on the ground truth (the DN-DETR paper, section 3):
-label flipping and box jitter."""
+"""Noise on the ground truth of denoising queries: DN-DETR's label flipping and box
+jitter (the DN-DETR paper, section 3) and DINO's contrastive box noise, which makes
+positive and negative copies (the DINO paper, section 3.3)."""
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["apply_box_noise", "apply_label_noise"]
+__all__ = ["apply_box_noise", "apply_contrastive_box_noise", "apply_label_noise"]
 
 
 def apply_label_noise(
@@ -50,3 +51,37 @@ def apply_box_noise(boxes: Tensor, noise_scale: float, generator: Optional[torch
     wh = boxes[..., 2:]
     spread = torch.cat([wh / 2, wh], dim=-1)  # max |shift| of (cx, cy, w, h) per unit of lambda
     return (boxes + u * spread * noise_scale).clamp(0, 1)
+
+
+def apply_contrastive_box_noise(
+    boxes: Tensor, noise_scale: float, negative: Tensor, generator: Optional[torch.Generator] = None
+) -> Tensor:
+    """DINO's contrastive box noise on normalised cxcywh boxes [n, 4]: every corner
+    coordinate moves by ``s * u * (w/2 or h/2) * noise_scale`` with a random sign ``s``,
+    ``u ~ U(0, 1)`` for positive copies and ``u ~ U(1, 2)`` for the negatives
+    (``negative``: bool [n]). So a positive lies inside the square of half-size
+    lambda1 = ``noise_scale`` around its ground truth (in units of half its sides) and
+    a negative between that square and the one of 2 * lambda1: near enough to be
+    confusable, far enough to be "no object" (the DINO paper, section 3.3).
+
+    Coordinates are clamped to [0, 1]. Corners that crossed over (a negative's left
+    corner can move past its right one) give the box they span: DINO's code keeps the
+    negative width, which its logit then clamps to a zero-width box.
+    """
+    if noise_scale < 0:
+        raise ValueError(f"box noise scale must be >= 0; got {noise_scale}")
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or negative.shape != boxes.shape[:1]:
+        raise ValueError(f"boxes must be [n, 4] cxcywh with negative [n]; got {tuple(boxes.shape)}, "
+                         f"{tuple(negative.shape)}")
+    if boxes.numel() == 0:
+        return boxes.clone()
+    centre, size = boxes[:, :2], boxes[:, 2:]
+    corners = torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+    half = torch.cat([size, size], dim=-1) / 2
+    u = torch.rand(boxes.shape, generator=generator, device=boxes.device, dtype=boxes.dtype)
+    u = u + negative[:, None].to(boxes.dtype)
+    sign = torch.randint(0, 2, boxes.shape, generator=generator, device=boxes.device).to(boxes.dtype) * 2 - 1
+    corners = (corners + sign * u * half * noise_scale).clamp(0, 1)
+    low = torch.minimum(corners[:, :2], corners[:, 2:])
+    high = torch.maximum(corners[:, :2], corners[:, 2:])
+    return torch.cat([(low + high) / 2, high - low], dim=-1)

@@ -30,6 +30,13 @@ every query of their image.
 Losses: each valid DN slot is trained to reconstruct its CLEAN GT with the same
 :class:`~updetr_d2.modeling.criterion.SetCriterion` (terms, weights, aux layers) as
 the matching part (:mod:`.groups`).
+
+Contrastive denoising (DINO, ``contrastive=True``): every group holds a positive copy
+of each GT (box noise inside lambda) and a negative copy (between lambda and 2 lambda,
+:func:`~.noise.apply_contrastive_box_noise`); the negatives learn "no object". DINO
+also sizes the DN part per batch instead of fixing P: ``num_dn_queries`` > 0 gives
+``P = max(1, num_dn_queries // (slots per GT * M))`` groups (DINO's 200 for 100
+positive/negative pairs), so a batch with many objects gets fewer groups.
 """
 import dataclasses
 from typing import Dict, Optional, Sequence
@@ -48,7 +55,7 @@ from ...modeling.attention_masks import (
 )
 from ...modeling.queries import QueryBundle, per_image
 from .groups import DenoisingGroups
-from .noise import apply_box_noise, apply_label_noise
+from .noise import apply_box_noise, apply_contrastive_box_noise, apply_label_noise
 
 __all__ = ["DenoisingQueries"]
 
@@ -78,11 +85,16 @@ class DenoisingQueries(nn.Module):
             influence the real queries, and which slots are padding differs per image
             (so, unmasked, the DN queries of an image with fewer objects would attend a
             different number of zero queries than those of another image).
+        contrastive: DINO's positive and negative copies (module docstring).
+        num_dn_queries: > 0: the group count follows the batch (module docstring);
+            0: always ``num_groups``.
+        with_indicator: DN content is ``label_enc(label) ++ [1]`` (DN-DETR; the base's
+            content must end with the 0 indicator); off: ``label_enc(label)`` (DINO).
 
-    ``label_enc`` is ``Embedding(C + 1, d - 1)``: index C ("unknown" class, the
-    matching content of DN-DAB-DETR) is unused here, where the matching content
-    comes from the base generator, but kept as in DN-DETR so checkpoints converted
-    from it load without reshaping.
+    ``label_enc`` is ``Embedding(C + 1, d - 1)`` (``d`` without the indicator): index C
+    ("unknown" class, the matching content of DN-DAB-DETR) is unused here, where the
+    matching content comes from the base generator, but kept as in DN-DETR and DINO so
+    checkpoints converted from them load without reshaping.
     """
 
     def __init__(
@@ -95,14 +107,19 @@ class DenoisingQueries(nn.Module):
         label_noise_prob: float = 0.2,
         box_noise_scale: float = 0.4,
         mask_padding: bool = True,
+        contrastive: bool = False,
+        num_dn_queries: int = 0,
+        with_indicator: bool = True,
     ):
         super().__init__()
+        if num_dn_queries < 0:
+            raise ValueError(f"MODEL.DN.NUM_QUERIES must be >= 0 (0: MODEL.DN.NUM_GROUPS groups); got {num_dn_queries}")
         if num_groups < 0:
             raise ValueError(f"MODEL.DN.NUM_GROUPS must be >= 0 (0 disables denoising); got {num_groups}")
         if not 0.0 <= label_noise_prob <= 1.0:
             raise ValueError(f"MODEL.DN.LABEL_NOISE_PROB must be in [0, 1]; got {label_noise_prob}")
-        if not 0.0 <= box_noise_scale <= 1.0:
-            raise ValueError(f"MODEL.DN.BOX_NOISE_SCALE must be in [0, 1]; got {box_noise_scale}")
+        if not 0.0 <= box_noise_scale <= (2.0 if contrastive else 1.0):
+            raise ValueError(f"MODEL.DN.BOX_NOISE_SCALE must be in [0, 1] ([0, 2] contrastive); got {box_noise_scale}")
         if num_classes < 1:
             raise ValueError(f"DenoisingQueries: num_classes must be >= 1; got {num_classes}")
         if hidden_dim < 2:
@@ -117,7 +134,10 @@ class DenoisingQueries(nn.Module):
         self.label_noise_prob = label_noise_prob
         self.box_noise_scale = box_noise_scale
         self.mask_padding = mask_padding
-        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1)
+        self.contrastive = contrastive
+        self.num_dn_queries = num_dn_queries
+        self.with_indicator = with_indicator
+        self.label_enc = nn.Embedding(num_classes + 1, hidden_dim - 1 if with_indicator else hidden_dim)
 
     @property
     def num_queries(self) -> int:
@@ -127,8 +147,16 @@ class DenoisingQueries(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_groups={self.num_groups}, label_noise_prob={self.label_noise_prob}, "
-            f"box_noise_scale={self.box_noise_scale}, mask_padding={self.mask_padding}"
+            f"box_noise_scale={self.box_noise_scale}, mask_padding={self.mask_padding}, "
+            f"contrastive={self.contrastive}, num_dn_queries={self.num_dn_queries}, with_indicator={self.with_indicator}"
         )
+
+    def groups_for(self, max_objects: int) -> int:
+        """P for a batch whose largest image has ``max_objects`` ground-truth objects."""
+        if not self.num_dn_queries or max_objects == 0:
+            return self.num_groups
+        copies = 2 if self.contrastive else 1
+        return max(1, self.num_dn_queries // (copies * max_objects))
 
     def forward(
         self, batch_size: int, targets: Optional[Sequence[Dict[str, Tensor]]] = None, **context
@@ -156,36 +184,45 @@ class DenoisingQueries(nn.Module):
             )
 
         device = targets[0]["labels"].device if targets else base.tgt.device
-        P, B = self.num_groups, batch_size
+        B = batch_size
         counts = [len(t["labels"]) for t in targets]
         M = max(counts, default=0)
+        P = self.groups_for(M)
+        copies = 2 if self.contrastive else 1  # positives (and negatives) per group
         if M == 0:  # nothing to denoise: the base bundle, empty groups
-            groups = DenoisingGroups(P, 0, torch.zeros(B, 0, dtype=torch.bool, device=device))
+            groups = DenoisingGroups(P, 0, torch.zeros(B, 0, dtype=torch.bool, device=device), self.contrastive)
             return dataclasses.replace(base, meta=_with_route(base.meta, groups))
 
-        # every GT of the batch, P times, group-major (group g, image b, instance i)
-        labels = torch.cat([t["labels"] for t in targets]).to(device).repeat(P)
+        # every GT of the batch, in P * copies blocks (block k: group k // copies, negative
+        # when k is odd in contrastive groups), each block image-major (image b, instance i)
+        blocks = P * copies
+        labels = torch.cat([t["labels"] for t in targets]).to(device).repeat(blocks)
         boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=base.reference_points.dtype)
-        boxes = boxes.repeat(P, 1)
+        boxes = boxes.repeat(blocks, 1)
         image = torch.cat([torch.full((n,), b, dtype=torch.long, device=device) for b, n in enumerate(counts)])
         instance = torch.cat([torch.arange(n, device=device) for n in counts])
-        group = torch.arange(P, device=device)[:, None]
-        batch_idx = image.repeat(P)
-        slot_idx = (group * M + instance[None, :]).flatten()
+        block = torch.arange(blocks, device=device)[:, None]
+        batch_idx = image.repeat(blocks)
+        slot_idx = (block * M + instance[None, :]).flatten()
 
         noised_labels = apply_label_noise(labels, self.label_noise_prob, self.num_classes)
-        noised_boxes = apply_box_noise(boxes, self.box_noise_scale)
+        if self.contrastive:
+            negative = (block % 2 == 1).expand(-1, len(instance)).flatten()
+            noised_boxes = apply_contrastive_box_noise(boxes, self.box_noise_scale, negative)
+        else:
+            noised_boxes = apply_box_noise(boxes, self.box_noise_scale)
         emb = self.label_enc(noised_labels).to(base.tgt.dtype)
-        emb = torch.cat([emb, emb.new_ones(emb.shape[0], 1)], dim=1)  # indicator 1
+        if self.with_indicator:
+            emb = torch.cat([emb, emb.new_ones(emb.shape[0], 1)], dim=1)  # indicator 1
 
-        pad = P * M
+        pad = blocks * M
         dn_tgt = base.tgt.new_zeros(B, pad, self.hidden_dim)
         dn_tgt[batch_idx, slot_idx] = emb
         dn_boxes = base.reference_points.new_full((B, pad, 4), 0.5)
         dn_boxes[batch_idx, slot_idx] = noised_boxes
         valid = torch.zeros(B, pad, dtype=torch.bool, device=device)
         valid[batch_idx, slot_idx] = True
-        groups = DenoisingGroups(P, M, valid)
+        groups = DenoisingGroups(P, copies * M, valid, self.contrastive)
 
         N = base.tgt.shape[-2]
         tgt = torch.cat([dn_tgt, per_image(base.tgt, B)], dim=1)
