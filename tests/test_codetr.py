@@ -196,7 +196,7 @@ def test_inference_is_the_base_detector(variant):
 
 
 @pytest.mark.parametrize("name", ["co_deformable_detr_r50", "co_dn_deformable_detr_r50", "co_deformable_detr_R18_demo",
-                                  "co_dino_r50", "co_dino_R18_demo"])
+                                  "co_dino_r50", "co_dino_R18_demo", "co_detr_r50", "co_detr_R18_demo"])
 def test_yaml_and_lazy_build_the_same_model(name):
     from detectron2.config import LazyConfig, instantiate
 
@@ -210,4 +210,81 @@ def test_yaml_and_lazy_build_the_same_model(name):
     assert shapes(from_yaml) == shapes(from_lazy)
     assert [h.name for h in from_yaml.aux_heads] == [h.name for h in from_lazy.aux_heads] == ["rcnn", "atss"]
     assert from_yaml.aux_loss_weight == from_lazy.aux_loss_weight
-    assert from_yaml.two_stage == from_lazy.two_stage
+    assert getattr(from_yaml, "two_stage", None) == getattr(from_lazy, "two_stage", None)
+
+
+# --- single-scale DETR (CoDetr) ---------------------------------------------------------
+def tiny_single_scale_cfg(heads=("FasterRCNNAuxHead", "ATSSAuxHead")):
+    cfg = get_cfg()
+    add_updetr_config(cfg)
+    cfg.merge_from_file(os.path.join(CODETR, "co_detr_R18_demo.yaml"))
+    d = cfg.MODEL.DETR
+    d.HIDDEN_DIM, d.NHEADS, d.DIM_FEEDFORWARD, d.ENC_LAYERS, d.DEC_LAYERS, d.NUM_OBJECT_QUERIES = 32, 4, 64, 1, 2, 10
+    cfg.MODEL.CO_DETR.AUX_HEADS = list(heads)
+    cfg.MODEL.CO_DETR.MAX_POSITIVE_QUERIES = 30
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def test_single_scale_adapter_builds_the_pyramid_from_one_map():
+    from updetr_d2.methods.codetr.pyramid import SingleScaleAdapter
+
+    adapter = SingleScaleAdapter(32, 32, [8, 16, 32, 64, 128])
+    x = torch.randn(2, 32, 5, 7)
+    levels = adapter(x)
+    assert list(levels) == ["p3", "p4", "p5", "p6", "p7"]
+    assert [tuple(v.shape[-2:]) for v in levels.values()] == [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
+    assert levels["p5"] is x  # the encoder map itself at its own stride
+    assert len(adapter.up) == 2 and len(adapter.down) == 2
+    # Only the levels asked for; every intermediate step still exists to chain through.
+    coarse = SingleScaleAdapter(32, 32, [32, 128])
+    assert list(coarse(x)) == ["p5", "p7"] and len(coarse.down) == 2 and len(coarse.up) == 0
+    with pytest.raises(ValueError, match="SINGLE_SCALE_STRIDES"):
+        SingleScaleAdapter(32, 32, [16, 8])
+    with pytest.raises(ValueError, match="powers of two"):
+        SingleScaleAdapter(32, 32, [12, 32])
+
+
+def test_single_scale_training_step_trains_heads_adapter_and_encoder():
+    torch.manual_seed(0)
+    model = build_model(tiny_single_scale_cfg()).train()
+    with EventStorage():
+        losses = model(batch())
+    for head in ("atss", "rcnn"):
+        assert any(k.startswith(f"loss_{head}_") for k in losses), head
+        assert f"loss_ce_co_{head}" in losses and f"loss_giou_co_{head}_0" in losses
+    assert all(torch.isfinite(v) for v in losses.values()), {k: float(v) for k, v in losses.items()}
+    aux = sum(v for k, v in losses.items() if k.startswith(("loss_atss_", "loss_rcnn_")))
+    aux.backward()
+    assert sum(p.grad.abs().sum() for p in model.pyramid_adapter.parameters()) > 0
+    assert model.transformer.encoder.layers[0].linear1.weight.grad.abs().sum() > 0  # the heads reach the encoder
+
+
+def test_single_scale_inference_is_detr():
+    """Same weights: CoDetr and Detr give identical detections and FLOPs; the checkpoint
+    loads into a plain Detr with only the auxiliary weights left over."""
+    torch.manual_seed(0)
+    co = build_model(tiny_single_scale_cfg()).eval()
+    base_cfg = tiny_single_scale_cfg()
+    base_cfg.MODEL.META_ARCHITECTURE = "Detr"
+    base = build_model(base_cfg).eval()
+    missing, unexpected = base.load_state_dict(co.state_dict(), strict=False)
+    assert missing == []
+    assert unexpected and all(k.startswith(("aux_heads.", "positive_queries.", "pyramid_adapter.")) for k in unexpected)
+    image = torch.rand(3, 96, 128) * 255
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, image):
+            out = self.model([{"image": image, "height": 96, "width": 128}])[0]["instances"]
+            return out.pred_boxes.tensor, out.scores
+
+    with torch.no_grad():
+        a, b = Wrapped(co)(image), Wrapped(base)(image)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    flops = [FlopCountAnalysis(Wrapped(m), (image,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+             .total() for m in (co, base)]
+    assert flops[0] == flops[1] > 0

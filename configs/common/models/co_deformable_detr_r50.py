@@ -3,20 +3,25 @@ the two-stage, box-refining Deformable DETR trained with Faster R-CNN and ATSS a
 heads on its encoder pyramid (strides 8-128) and their customized positive queries."""
 from detectron2.config import LazyCall as L
 
-from updetr_d2.methods.codetr import ATSSAuxHead, CoDeformableDetr, FasterRCNNAuxHead, PositiveQueries
+from updetr_d2.methods.codetr import ATSSAuxHead, CoDeformableDetr, CoDetr, FasterRCNNAuxHead, PositiveQueries
 from updetr_d2.methods.codetr.meta_arch import pyramid_shapes
 
 from .deformable_detr_r50 import model
 
 
 
-def add_co_detr(model, num_decoder_layers: int, lambda1: float = 1.0, lambda2: float = 2.0):
+def add_co_detr(model, num_decoder_layers: int, lambda1: float = 1.0, lambda2: float = 2.0,
+                single_scale: bool = False, strides=(8, 16, 32, 64, 128)):
     """Turn a Deformable DETR node into Co-DETR: Faster R-CNN and ATSS heads on the encoder
-    pyramid (strides 8-128: 4 encoder levels + 1) and their positive queries. A function,
-    so that the config files that use it get no extra top-level node."""
-    model._target_ = CoDeformableDetr
+    pyramid (strides 8-128: 4 encoder levels + 1) and their positive queries; with
+    ``single_scale``, a DETR node into ``CoDetr``, whose pyramid (``strides``) is built
+    from the encoder's one map. A function, so that the config files that use it get no
+    extra top-level node."""
+    model._target_ = CoDetr if single_scale else CoDeformableDetr
+    if single_scale:
+        model.pyramid_strides = list(strides)
     # Interpolations are relative to where the nodes end up (model.aux_heads[i].input_shape).
-    pyramid = L(pyramid_shapes)(channels="${....hidden_dim}", strides=[8, 16, 32, 64, 128])
+    pyramid = L(pyramid_shapes)(channels="${....hidden_dim}", strides=list(strides))
     model.aux_heads = [
         L(FasterRCNNAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),
         L(ATSSAuxHead)(input_shape=pyramid, num_classes="${...num_classes}"),

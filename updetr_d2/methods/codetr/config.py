@@ -23,6 +23,8 @@ def add_codetr_config(cfg):
     c.MIN_POSITIVE_QUERIES = 9
     c.MAX_POSITIVE_QUERIES = 300
     c.WITH_COORD_FEAT = True  # the candidate's feature enters its query (paper; Co-DINO leaves it out)
+    # CoDetr (single-scale DETR): the pyramid strides built from the encoder's one map.
+    c.SINGLE_SCALE_STRIDES = [8, 16, 32, 64, 128]
     add_atss_config(cfg)
     add_fcos_config(cfg)
     add_rcnn_config(cfg)

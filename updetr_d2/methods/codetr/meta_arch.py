@@ -1,117 +1,70 @@
-"""Co-DETR (Zong et al., ICCV 2023) on the project's Deformable DETR: collaborative
-hybrid assignment training.
+"""Co-DETR (Zong et al., ICCV 2023) on the project's detectors: collaborative hybrid
+assignment training (:mod:`.collaborative`).
 
-In training, the encoder's memory is cut back into its levels plus one stride-2 level
-(a feature pyramid ``p3``..), auxiliary heads with one-to-many assignment (ATSS, FCOS,
-Faster R-CNN; ``AUX_HEAD_REGISTRY``) are trained on it, and each head's positive
-candidates become a group of customized positive queries, decoded in a pass of their
-own by the same decoder and heads and supervised by the head's assignment. Losses:
-the base model's, plus ``lambda2 * decoder layers`` times each head's losses, plus
-``lambda1`` times each positive-query pass's losses (``loss_*_co_{head}``).
+In training, the encoder's memory becomes a feature pyramid, auxiliary heads with
+one-to-many assignment (ATSS, FCOS, Faster R-CNN; ``AUX_HEAD_REGISTRY``) are trained on
+it, and each head's positive candidates become a group of customized positive queries,
+decoded in a pass of their own by the same decoder and heads and supervised by the
+head's assignment. Losses: the base model's, plus ``lambda2 * decoder layers`` times each
+head's losses, plus ``lambda1`` times each positive-query pass's losses
+(``loss_*_co_{head}``).
 
-At inference none of it runs: the model is exactly its base Deformable DETR (same
-parameters used, same FLOPs), and its checkpoints load into one.
+* :class:`CoDeformableDetr`: on Deformable DETR and everything built on it (DN, DINO):
+  the memory cut back into its levels plus one stride-2 level (``p3``..).
+* :class:`CoDetr`: on the single-scale DETR: the pyramid built from its one encoder map
+  by the paper's single-scale adapter (:class:`~.pyramid.SingleScaleAdapter`).
+
+At inference none of it runs: the model is exactly its base detector (same parameters
+used, same FLOPs), and its checkpoints load into one (the auxiliary weights reported as
+unused).
 """
 import math
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ...layers.encoder_memory import EncoderMemory
 from ...modeling.backbone import level_strides
-from ...modeling.meta_arch.base import DetectorState, add_losses
 from ...modeling.meta_arch.deformable_detr import DeformableDetr
-from .aux_heads import AuxHead, build_aux_head
-from .positive_queries import PositiveQueries, PositiveQueryRoute, select_positive_queries
+from ...modeling.meta_arch.detr import Detr
+from .collaborative import CollaborativeTraining
+from .pyramid import SingleScaleAdapter, pyramid_level_names, pyramid_shapes
 
-__all__ = ["CoDeformableDetr", "pyramid_level_names", "pyramid_shapes"]
-
-
-def pyramid_level_names(strides: List[int]) -> List[str]:
-    """``p{log2(stride)}`` for every level, e.g. strides 8..128 -> p3..p7."""
-    names = []
-    for s in strides:
-        level = int(round(math.log2(s)))
-        if 2**level != s:
-            raise ValueError(f"pyramid strides must be powers of two, got {strides}")
-        names.append(f"p{level}")
-    return names
-
-
-def pyramid_shapes(channels: int, strides: List[int]) -> Dict[str, ShapeSpec]:
-    """The encoder pyramid's level names -> shapes, as the auxiliary heads are built for."""
-    return {n: ShapeSpec(channels=channels, stride=s) for n, s in zip(pyramid_level_names(strides), strides)}
-
+__all__ = ["CoDeformableDetr", "CoDetr", "pyramid_level_names", "pyramid_shapes"]
 
 @META_ARCH_REGISTRY.register()
-class CoDeformableDetr(DeformableDetr):
-    """Deformable DETR (any of its variants, DN included) trained with Co-DETR's
-    auxiliary heads and customized positive queries; see the module docstring."""
+class CoDeformableDetr(CollaborativeTraining, DeformableDetr):
+    """Deformable DETR (any of its variants: refine, two-stage, DN, DINO) trained with
+    Co-DETR's auxiliary heads and customized positive queries; see the module docstring.
+    Constructor: :class:`DeformableDetr`'s arguments plus ``aux_heads``,
+    ``positive_queries``, ``aux_loss_weight`` (12), ``positive_query_weight`` (1),
+    ``min_positive_queries`` (9), ``max_positive_queries`` (300)."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        aux_heads: List[AuxHead],
-        positive_queries: Optional[PositiveQueries] = None,
-        aux_loss_weight: float = 12.0,
-        positive_query_weight: float = 1.0,
-        min_positive_queries: int = 9,
-        max_positive_queries: int = 300,
-        **kwargs,
-    ):
+    def __init__(self, *, aux_heads, positive_queries=None, aux_loss_weight: float = 12.0,
+                 positive_query_weight: float = 1.0, min_positive_queries: int = 9,
+                 max_positive_queries: int = 300, **kwargs):
         super().__init__(**kwargs)
-        if positive_queries is not None and len(positive_queries.box_proj) != len(aux_heads):
-            raise ValueError(
-                f"positive queries are built for {len(positive_queries.box_proj)} heads, "
-                f"but there are {len(aux_heads)} auxiliary heads"
-            )
-        names = [h.name for h in aux_heads]
-        if len(set(names)) != len(names):
-            raise ValueError(f"MODEL.CO_DETR.AUX_HEADS: each head may be used once, got {names}")
         hidden_dim = self.transformer.d_model
         # The pyramid's extra level (Co-DETR: conv 3x3 stride 2 + GroupNorm, no activation).
         self.pyramid_extra = nn.Sequential(
             nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, stride=2, padding=1),
             nn.GroupNorm(math.gcd(32, hidden_dim), hidden_dim),
         )
-        self.aux_heads = nn.ModuleList(aux_heads)
-        self.positive_queries = positive_queries
-        self.aux_loss_weight = aux_loss_weight
-        self.positive_query_weight = positive_query_weight
-        self.min_positive_queries = min_positive_queries
-        self.max_positive_queries = max_positive_queries
+        self.setup_collaborative(aux_heads, positive_queries, aux_loss_weight, positive_query_weight,
+                                 min_positive_queries, max_positive_queries)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        c, d = cfg.MODEL.CO_DETR, cfg.MODEL.DETR
         # The encoder's levels and the pyramid's one extra level.
         strides = level_strides(ret["backbone"].strides, cfg.MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS + 1)
-        heads = [build_aux_head(name, cfg, pyramid_shapes(d.HIDDEN_DIM, strides)) for name in c.AUX_HEADS]
-        positive_queries = None
-        if c.POSITIVE_QUERIES and heads:
-            positive_queries = PositiveQueries(
-                len(heads), d.HIDDEN_DIM, d.HIDDEN_DIM,
-                anchor_queries=cfg.MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES,
-                with_coord_feat=c.WITH_COORD_FEAT,
-            )
-        ret.update(
-            aux_heads=heads,
-            positive_queries=positive_queries,
-            # The paper's lambda2 weighs the encoder losses inside the sum over decoder layers.
-            aux_loss_weight=c.LAMBDA2 * d.DEC_LAYERS,
-            positive_query_weight=c.LAMBDA1,
-            min_positive_queries=c.MIN_POSITIVE_QUERIES,
-            max_positive_queries=c.MAX_POSITIVE_QUERIES,
-        )
+        ret.update(cls.collaborative_config(cfg, strides, anchor_queries=cfg.MODEL.DEFORMABLE_DETR.ANCHOR_QUERIES))
         return ret
 
-    # --- the encoder pyramid --------------------------------------------------------
     def encoder_pyramid(self, memory: EncoderMemory) -> Dict[str, torch.Tensor]:
         """The encoder memory cut back into its levels [B, d, H, W], plus the extra level."""
         levels = memory.level_maps()
@@ -119,26 +72,34 @@ class CoDeformableDetr(DeformableDetr):
         strides = level_strides(self.backbone.strides, len(levels))
         return dict(zip(pyramid_level_names(strides), levels))
 
-    # --- training -------------------------------------------------------------------
-    def losses(self, state: DetectorState) -> Dict:
-        """The base model's losses, each auxiliary head's (x lambda2 x decoder depth) and
-        those of its positive queries, decoded in a pass of their own over the same memory."""
-        losses = super().losses(state)
-        if not len(self.aux_heads):
-            return losses
-        pyramid = self.encoder_pyramid(state.memory)
-        gt_instances = [x["instances"].to(self.device) for x in state.batched_inputs]
-        for index, head in enumerate(self.aux_heads):
-            head_losses, samples = head(pyramid, state.images, gt_instances)
-            add_losses(losses, {k: v * self.aux_loss_weight for k, v in head_losses.items()}, head.name)
-            if self.positive_queries is None:
-                continue
-            selected = select_positive_queries(
-                samples, state.images.image_sizes, self.num_classes,
-                self.min_positive_queries, self.max_positive_queries,
-            )
-            route = PositiveQueryRoute(selected, f"_co_{head.name}", self.positive_query_weight)
-            queries = self.positive_queries(index, selected, self.transformer.nhead, route)
-            outputs = self.decode_and_predict(state, queries)
-            add_losses(losses, self.set_losses(outputs, state.targets, queries), head.name)
-        return losses
+
+@META_ARCH_REGISTRY.register()
+class CoDetr(CollaborativeTraining, Detr):
+    """DETR (single-scale encoder) trained with Co-DETR's auxiliary heads on a pyramid
+    built from its encoder map (``pyramid_strides``, e.g. 8..128 from a stride-32 map),
+    and their positive queries (positional and content queries from the boxes, as DETR's
+    decoder takes them). Constructor: :class:`Detr`'s arguments plus ``pyramid_strides``
+    and the auxiliary arguments of :class:`CoDeformableDetr`."""
+
+    @configurable
+    def __init__(self, *, aux_heads, pyramid_strides=(8, 16, 32, 64, 128), positive_queries=None,
+                 aux_loss_weight: float = 12.0, positive_query_weight: float = 1.0, min_positive_queries: int = 9,
+                 max_positive_queries: int = 300, **kwargs):
+        super().__init__(**kwargs)
+        if positive_queries is not None and positive_queries.anchor_queries:
+            raise ValueError("DETR's decoder takes positional queries: CoDetr's positive queries need "
+                             "anchor_queries=False")
+        self.pyramid_adapter = SingleScaleAdapter(self.transformer.d_model, self.backbone.strides[-1],
+                                                  list(pyramid_strides))
+        self.setup_collaborative(aux_heads, positive_queries, aux_loss_weight, positive_query_weight,
+                                 min_positive_queries, max_positive_queries)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        strides = list(cfg.MODEL.CO_DETR.SINGLE_SCALE_STRIDES)
+        ret.update(cls.collaborative_config(cfg, strides, anchor_queries=False), pyramid_strides=strides)
+        return ret
+
+    def encoder_pyramid(self, memory: EncoderMemory) -> Dict[str, torch.Tensor]:
+        return self.pyramid_adapter(memory.level_maps()[0])
