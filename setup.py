@@ -30,5 +30,7 @@ setup(
         "simdetr": ["scikit-learn", "faiss-cpu"],
         # Encoder pretexts: the k-means codebook of discrete masked image modelling.
         "pretext": ["faiss-cpu"],
+        # Export to ONNX and running the exported file (CPU ONNX Runtime).
+        "export": ["onnx", "onnxruntime"],
     },
 )

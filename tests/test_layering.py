@@ -59,7 +59,7 @@ def test_layers_import_nothing_above_them(path):
     assert not above, f"{path} imports {sorted(above)}"
 
 
-SHARED = ["layers", "modeling", "data", "engine", "config", "checkpoint"]
+SHARED = ["layers", "modeling", "data", "engine", "config", "checkpoint", "export"]
 SHARED_FILES = [os.path.join(PACKAGE, name) for name in ("compat.py", "solver.py")]
 
 

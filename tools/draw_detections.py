@@ -92,7 +92,8 @@ def load_predictor(config_file: str, opts: Sequence[str], weights: str = "") -> 
         # from other weights; a model drawn from its checkpoint needs all of them.
         DetrCheckpointer(model, allow_unsafe=allow_unsafe).load(weights)
     else:
-        print("warning: no --weights and none in the config: the model is randomly initialised", file=sys.stderr)
+        print("warning: no weights given (MODEL.WEIGHTS / train.init_checkpoint, or --weights where the tool has it): "
+              "the model is randomly initialised", file=sys.stderr)
     model.eval()
     names = [names] if isinstance(names, str) else list(names)
     metadata = MetadataCatalog.get(names[0]) if names else Metadata()

@@ -153,9 +153,16 @@ def use_compiled_kernel(value: Tensor) -> bool:
     """Whether :func:`ms_deform_attn` takes the compiled path for this ``value``.
 
     Only with the kernel imported, on CUDA, in the dtypes it is built for (it has
-    no half-precision version); everything else takes the PyTorch path.
+    no half-precision version), and not while tracing: a trace (TorchScript, ONNX
+    export) must record operators that a file can hold, and the extension's op is
+    not one of them. Everything else takes the PyTorch path (the same function).
     """
-    return _C is not None and value.is_cuda and value.dtype in (torch.float32, torch.float64)
+    return (
+        _C is not None
+        and value.is_cuda
+        and value.dtype in (torch.float32, torch.float64)
+        and not torch.jit.is_tracing()
+    )
 
 
 def ms_deform_attn(
