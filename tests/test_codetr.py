@@ -91,6 +91,19 @@ def test_hand_case_reference_and_target_boxes_and_zero_loss():
 
 
 # --- the meta-architecture ------------------------------------------------------------
+class Detections(torch.nn.Module):
+    """A detector as a function of one 96x128 image tensor (fvcore traces tensors, not the
+    dict inputs): its boxes and scores."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        out = self.model([{"image": image, "height": 96, "width": 128}])[0]["instances"]
+        return out.pred_boxes.tensor, out.scores
+
+
 def tiny_cfg(heads=("FasterRCNNAuxHead", "ATSSAuxHead", "FCOSAuxHead"), variant="refine"):
     """A tiny Co-DETR; ``variant`` "dino" is Co-DINO (contrastive denoising, mixed query
     selection, look-forward-twice, positive queries without the feature term)."""
@@ -180,17 +193,8 @@ def test_inference_is_the_base_detector(variant):
         a, b = co(inputs)[0]["instances"], base(inputs)[0]["instances"]
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
 
-    class Wrapped(torch.nn.Module):  # fvcore traces tensors, not the dict inputs
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, image):
-            out = self.model([{"image": image, "height": 96, "width": 128}])[0]["instances"]
-            return out.pred_boxes.tensor, out.scores
-
     image = torch.rand(3, 96, 128) * 255
-    flops = [FlopCountAnalysis(Wrapped(m), (image,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    flops = [FlopCountAnalysis(Detections(m), (image,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
              .total() for m in (co, base)]
     assert flops[0] == flops[1] > 0
 
@@ -273,18 +277,9 @@ def test_single_scale_inference_is_detr():
     assert unexpected and all(k.startswith(("aux_heads.", "positive_queries.", "pyramid_adapter.")) for k in unexpected)
     image = torch.rand(3, 96, 128) * 255
 
-    class Wrapped(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, image):
-            out = self.model([{"image": image, "height": 96, "width": 128}])[0]["instances"]
-            return out.pred_boxes.tensor, out.scores
-
     with torch.no_grad():
-        a, b = Wrapped(co)(image), Wrapped(base)(image)
+        a, b = Detections(co)(image), Detections(base)(image)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    flops = [FlopCountAnalysis(Wrapped(m), (image,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    flops = [FlopCountAnalysis(Detections(m), (image,)).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
              .total() for m in (co, base)]
     assert flops[0] == flops[1] > 0

@@ -194,7 +194,20 @@ def test_launcher_and_ddp_fixes_take_cpus():
 
     worker = importlib.import_module("detectron2.engine.launch")._distributed_worker
     assert "GLOO" in inspect.getsource(worker).upper()
-    assert getattr(defaults.create_ddp_model, "_updetr_d2_cpu_aware", False)
+    assert (getattr(defaults.create_ddp_model, "_updetr_d2_cpu_aware", False)
+            or "device.type" in inspect.getsource(defaults.create_ddp_model))  # a project build
     assert detectron2.engine.create_ddp_model is defaults.create_ddp_model
     model = torch.nn.Linear(2, 2)
     assert defaults.create_ddp_model(model) is model  # one process: no wrapper at all
+
+
+def test_cpu_aware_ddp_gives_a_cpu_model_no_device_ids():
+    """The run-time fix for a Detectron2 v0.6 not built by tools/build_detectron2.py."""
+    calls = []
+    wrapped = compat.cpu_aware_ddp(lambda model, fp16_compression=False, **kwargs: calls.append(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    assert wrapped(model) is model and calls[-1] == {"device_ids": None}
+    wrapped(model, device_ids=[3])
+    assert calls[-1] == {"device_ids": [3]}  # an explicit choice is kept
+    wrapped(torch.nn.ReLU())  # no parameters: Detectron2 decides
+    assert calls[-1] == {}

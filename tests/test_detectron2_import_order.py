@@ -90,6 +90,8 @@ def fake_sources(root):
         "evaluation/coco_evaluation.py": build.COCO_FAST_EVAL_OLD,
         "data/common.py": build.MAP_RETRY_OLD,
         "export/__init__.py": build.EXPORT_OLD,
+        "engine/launch.py": build.LAUNCH_OLD + build.LAUNCH_DEVICE_OLD,
+        "engine/defaults.py": build.DDP_OLD,
     }
     for rel in build.NUMPY_ALIAS_FILES:
         files[rel] = files.get(rel, "") + "x = np.zeros(3, dtype=np.int).astype(np.float) + np.int64(1)\n"
@@ -108,6 +110,9 @@ def test_patch_sources_fixes_every_target_and_writes_the_marker(tmp_path):
     assert (package / "data/build.py").read_text() == "x = np.zeros(3, dtype=int).astype(float) + np.int64(1)\n"
     assert "list(self._fallback_candidates)" in (package / "data/common.py").read_text()
     assert "HAS_COMPILED_OPS = False" in (package / "_C.py").read_text()
+    assert 'backend="NCCL" if has_gpu else "GLOO"' in (package / "engine/launch.py").read_text()
+    assert "if has_gpu:\n        assert num_gpus" in (package / "engine/launch.py").read_text()
+    assert '"device_ids"] = None if on_cpu' in (package / "engine/defaults.py").read_text()
     assert build.read_patch_level(str(package)) == build.PATCH_LEVEL
 
 

@@ -17,22 +17,12 @@ from updetr_d2.modeling.matcher import HungarianMatcher
 from updetr_d2.modeling.queries import AnchorQueries, ProposalQueries
 
 from helpers import dn_group_mask, fake_input
+from test_denoising import _targets as targets_of  # boxes well inside the image: noise never clamps
 from test_deformable_detr import batch_of_three
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DINO = os.path.join(ROOT, "projects", "DINO", "configs")
 C, D, NHEAD, N = 4, 16, 2, 3
-
-
-def targets_of(counts, seed=0):
-    """Boxes well inside the image (noise up to 0.8 half-sides never clamps)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in counts:
-        centre = torch.rand(n, 2, generator=g) * 0.2 + 0.4
-        size = torch.rand(n, 2, generator=g) * 0.15 + 0.05
-        out.append({"labels": torch.randint(0, C, (n,), generator=g), "boxes": torch.cat([centre, size], 1)})
-    return out
 
 
 def cdn(num_groups=2, num_dn_queries=0, box_noise_scale=0.4, label_noise_prob=0.0, mask_padding=True):

@@ -91,6 +91,24 @@ def test_two_processes_equal_one_with_the_same_total_batch(name, tmp_path):
     assert (flat_two - flat_one).norm() / flat_one.norm() < 1e-5
 
 
+def test_the_run_time_launch_fix_trains_the_same(tmp_path, monkeypatch):
+    """updetr_d2.compat's gloo worker, which takes over on a Detectron2 v0.6 whose sources
+    were not patched (the project's build patches them the same way)."""
+    import importlib
+
+    from updetr_d2 import compat
+
+    monkeypatch.setattr(importlib.import_module("detectron2.engine.launch"), "_distributed_worker",
+                        compat._distributed_worker)
+    out = str(tmp_path / "two.pt")
+    launch(_worker, WORLD, dist_url="auto", args=("detr", out))
+    two = torch.load(out)
+    assert two["info"]["backend"] == "gloo" and two["info"]["local_size"] == 2
+    losses, _, _ = first_step("detr", total_batch())
+    for key, value in losses.items():
+        torch.testing.assert_close(two["losses"][key], value, rtol=2e-5, atol=1e-7, msg=key)
+
+
 def test_class_loss_is_detr_weighted_mean_on_one_process():
     """On one process the class loss is DETR's own: cross-entropy with the no-object
     weight, mean over all queries weighted by class (F.cross_entropy with ``weight``)."""

@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIREMENT = os.path.join(ROOT, "requirements", "detectron2.txt")
 
 # Raise when a patch is added or changed: installs with a lower level are rebuilt.
-PATCH_LEVEL = 1
+PATCH_LEVEL = 2
 # Same name in updetr_d2/compat.py (BUILD_MARKER).
 MARKER = "_updetr_d2_build.txt"
 # Builds from before the marker existed are recognised by this summary.
@@ -221,6 +221,53 @@ def patch_export_without_caffe2(package_dir):
     replace_text(package_dir, "export/__init__.py", EXPORT_OLD, EXPORT_NEW)
 
 
+LAUNCH_OLD = (
+    '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n'
+    "    global_rank = machine_rank * num_gpus_per_machine + local_rank\n"
+    "    try:\n"
+    "        dist.init_process_group(\n"
+    '            backend="NCCL",\n'
+)
+LAUNCH_NEW = (
+    "    has_gpu = torch.cuda.is_available()  # without GPUs: CPU processes over gloo (updetr_d2)\n"
+    "    global_rank = machine_rank * num_gpus_per_machine + local_rank\n"
+    "    try:\n"
+    "        dist.init_process_group(\n"
+    '            backend="NCCL" if has_gpu else "GLOO",\n'
+)
+LAUNCH_DEVICE_OLD = (
+    "    assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+    "    torch.cuda.set_device(local_rank)\n"
+)
+LAUNCH_DEVICE_NEW = (
+    "    if has_gpu:\n"
+    "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+    "        torch.cuda.set_device(local_rank)\n"
+)
+DDP_OLD = (
+    '    if "device_ids" not in kwargs:\n'
+    "        kwargs[\"device_ids\"] = [comm.get_local_rank()]\n"
+)
+DDP_NEW = (
+    '    if "device_ids" not in kwargs:\n'
+    "        # A model on the CPU takes no device ids (updetr_d2).\n"
+    "        first = next(iter(model.parameters()), None)\n"
+    '        on_cpu = first is not None and first.device.type == "cpu"\n'
+    "        kwargs[\"device_ids\"] = None if on_cpu else [comm.get_local_rank()]\n"
+)
+
+
+def patch_launch_without_gpu(package_dir):
+    """The launcher's workers asserted CUDA and always asked for NCCL: gloo on CPUs."""
+    replace_text(package_dir, "engine/launch.py", LAUNCH_OLD, LAUNCH_NEW)
+    replace_text(package_dir, "engine/launch.py", LAUNCH_DEVICE_OLD, LAUNCH_DEVICE_NEW)
+
+
+def patch_ddp_on_cpu(package_dir):
+    """create_ddp_model gave DDP a device id, which a model on the CPU must not have."""
+    replace_text(package_dir, "engine/defaults.py", DDP_OLD, DDP_NEW)
+
+
 PATCHES = (
     patch_pillow_linear,
     patch_compiled_ops,
@@ -228,6 +275,8 @@ PATCHES = (
     patch_numpy_aliases,
     patch_map_dataset_retry,
     patch_export_without_caffe2,
+    patch_launch_without_gpu,
+    patch_ddp_on_cpu,
 )
 
 

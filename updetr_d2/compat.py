@@ -248,7 +248,7 @@ def _fix_launch_without_gpu():
     ``--num-gpus N`` stops on a machine without GPUs. Its worker is replaced by one that
     takes gloo there (and NCCL on GPUs); ``launch`` itself (spawn, ``--dist-url auto``,
     several machines) is Detectron2's. A Detectron2 whose worker already chooses a backend
-    (later versions: "GLOO" in its source) is left alone."""
+    (later versions, and the project's build: "GLOO" in its source) is left alone."""
     # The module, not the function of the same name that detectron2.engine re-exports.
     launch_module = importlib.import_module("detectron2.engine.launch")
     if "GLOO" in inspect.getsource(launch_module._distributed_worker).upper():
@@ -257,29 +257,37 @@ def _fix_launch_without_gpu():
     return True
 
 
-def _fix_ddp_on_cpu():
-    """``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel
-    rejects for a model on the CPU (it must be None there). Wrapped so that a CPU model gets
-    ``device_ids=None``; a GPU model (or explicit ``device_ids``) gets Detectron2's call."""
-    from detectron2.engine import defaults
-
-    original = defaults.create_ddp_model
-    if getattr(original, "_updetr_d2_cpu_aware", False):
-        return False
+def cpu_aware_ddp(original):
+    """``create_ddp_model`` that gives a model on the CPU ``device_ids=None`` (DDP rejects
+    device ids there) and calls ``original`` (Detectron2's) with everything else as is."""
 
     def create_ddp_model(model, *, fp16_compression=False, **kwargs):
         if "device_ids" not in kwargs:
-            device = next(iter(model.parameters()), None)
-            if device is not None and device.device.type == "cpu":
+            first = next(iter(model.parameters()), None)
+            if first is not None and first.device.type == "cpu":
                 kwargs["device_ids"] = None
         return original(model, fp16_compression=fp16_compression, **kwargs)
 
     create_ddp_model._updetr_d2_cpu_aware = True
     create_ddp_model.__doc__ = original.__doc__
-    defaults.create_ddp_model = create_ddp_model
+    return create_ddp_model
+
+
+def _fix_ddp_on_cpu():
+    """``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel
+    rejects for a model on the CPU (it must be None there): wrapped by :func:`cpu_aware_ddp`;
+    a GPU model (or explicit ``device_ids``) gets Detectron2's call."""
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    # Already ours, or a Detectron2 whose create_ddp_model looks at the model's device
+    # (tools/build_detectron2.py patches the sources so).
+    if getattr(original, "_updetr_d2_cpu_aware", False) or "device.type" in inspect.getsource(original):
+        return False
+    defaults.create_ddp_model = cpu_aware_ddp(original)
     import detectron2.engine
 
-    detectron2.engine.create_ddp_model = create_ddp_model
+    detectron2.engine.create_ddp_model = defaults.create_ddp_model
     return True
 
 

@@ -68,17 +68,17 @@ def use_dn_queries(model, num_groups=5, label_noise_prob=0.2, box_noise_scale=0.
     else:
         num_queries = model.query_generator.num_queries
     model.transformer.anchor_queries = True
-    model.query_generator = L(DenoisingQueries)(
-        base=L(AnchorQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=True),
-        num_classes="${..num_classes}",
-        hidden_dim="${..hidden_dim}",
-        num_heads="${..transformer.nhead}",
-        num_groups=num_groups,
-        label_noise_prob=label_noise_prob,
-        box_noise_scale=box_noise_scale,
-        mask_padding=mask_padding,
-    )
+    base = L(AnchorQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=True)
+    model.query_generator = _denoising(base, num_groups=num_groups, label_noise_prob=label_noise_prob,
+                                       box_noise_scale=box_noise_scale, mask_padding=mask_padding)
     return model
+
+
+def _denoising(base, **options):
+    """``base`` (a query generator node) wrapped in denoising groups sized like the model;
+    interpolations relative to ``model.query_generator``."""
+    return L(DenoisingQueries)(base=base, num_classes="${..num_classes}", hidden_dim="${..hidden_dim}",
+                               num_heads="${..transformer.nhead}", **options)
 
 
 def use_dino(model, num_queries=900, num_dn_queries=200, label_noise_prob=0.25, box_noise_scale=0.4):
@@ -95,15 +95,7 @@ def use_dino(model, num_queries=900, num_dn_queries=200, label_noise_prob=0.25, 
     model.position_embedding.temperature = 20
     model.criterion.matcher.cost_class = 2.0
     model.criterion.weight_dict["loss_focal"] = 1.0
-    model.query_generator = L(DenoisingQueries)(
-        base=L(ProposalQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=False),
-        num_classes="${..num_classes}",
-        hidden_dim="${..hidden_dim}",
-        num_heads="${..transformer.nhead}",
-        label_noise_prob=label_noise_prob,
-        box_noise_scale=box_noise_scale,
-        contrastive=True,
-        num_dn_queries=num_dn_queries,
-        with_indicator=False,
-    )
+    base = L(ProposalQueries)(num_queries=num_queries, hidden_dim="${...hidden_dim}", with_indicator=False)
+    model.query_generator = _denoising(base, label_noise_prob=label_noise_prob, box_noise_scale=box_noise_scale,
+                                       contrastive=True, num_dn_queries=num_dn_queries, with_indicator=False)
     return model

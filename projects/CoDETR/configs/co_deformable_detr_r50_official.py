@@ -6,21 +6,17 @@ from detectron2.config import LazyCall as L
 
 from updetr_d2.modeling.queries import ProposalQueries
 
+from ....configs.common.official import use_official_preprocessing
 from .co_deformable_detr_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]  # the base's schedule and optimizer
 
 model.num_classes = 80
-model.pixel_mean = [123.675, 116.280, 103.530]
-model.pixel_std = [58.395, 57.120, 57.375]
 model.transformer.dim_feedforward = 2048
 model.transformer.dropout = 0.0
-model.size_divisibility = 0  # mmdet's Pad(size_divisor=1)
 # Mixed selection: the learned content queries join the proposals (as many as there were).
 model.query_generator = L(ProposalQueries)(num_queries=model.pop("num_queries"), hidden_dim="${..hidden_dim}",
                                           with_indicator=False)
 model.aux_heads[0].pooler_canonical_box_size = 224  # FasterRCNNAuxHead: finest_scale 112
-dataloader.test.mapper.image_format = "RGB"
-dataloader.test.mapper.augmentations[0].short_edge_length = 800
-dataloader.test.mapper.augmentations[0].max_size = 1333
+use_official_preprocessing(model, dataloader)  # mmdet's to_rgb, Normalize, Pad(size_divisor=1)
 train.output_dir = "./output/co_deformable_detr_r50_official_lazy"

@@ -1,14 +1,11 @@
 """LazyConfig twin of deformable_detr_r50_official.yaml: Deformable DETR-R50 for official
 weights, with their preprocessing (RGB, ImageNet mean/std from the base, batches padded
 to the largest image only, test resize 800 / 1333)."""
+from ....configs.common.official import use_official_preprocessing
 from .deformable_detr_r50 import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]  # the whole config, re-exported
 
 model.num_classes = 80
-# Padding to a multiple of 32 moves the official weights' logits.
-model.size_divisibility = 0
-dataloader.test.mapper.image_format = "RGB"
-dataloader.test.mapper.augmentations[0].short_edge_length = 800
-dataloader.test.mapper.augmentations[0].max_size = 1333
+use_official_preprocessing(model, dataloader)
 train.output_dir = "./output/deformable_detr_r50_official_lazy"

@@ -2,13 +2,10 @@
 for official weights, with their preprocessing (RGB, ImageNet mean/std from the base,
 batches padded to the largest image only, test resize 800 / 1333), as
 configs/detr/detr_r50_official.py for detection."""
+from ....configs.common.official import use_official_preprocessing
 from .detr_r50_panoptic_box import dataloader, lr_multiplier, model, optimizer, train
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]  # the whole config, re-exported
 
-# Padding to a multiple of 32 moves the official weights' outputs.
-model.size_divisibility = 0
-dataloader.test.mapper.image_format = "RGB"
-dataloader.test.mapper.augmentations[0].short_edge_length = 800
-dataloader.test.mapper.augmentations[0].max_size = 1333
+use_official_preprocessing(model, dataloader)
 train.output_dir = "./output/detr_r50_panoptic_box_official_lazy"
