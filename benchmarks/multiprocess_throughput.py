@@ -56,6 +56,9 @@ def _allreduce_worker(numel: int, repeats: int, out: str) -> None:
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(statistics.median(times[2:]), f)
+    # Leave together: a process that exits while gloo's threads still serve the other aborts.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def allreduce_seconds(numel: int, repeats: int = 10) -> float:
