@@ -155,8 +155,12 @@ class DenoisingQueries(nn.Module):
         """P for a batch whose largest image has ``max_objects`` ground-truth objects."""
         if not self.num_dn_queries or max_objects == 0:
             return self.num_groups
-        copies = 2 if self.contrastive else 1
-        return max(1, self.num_dn_queries // (copies * max_objects))
+        return max(1, self.num_dn_queries // (self.copies * max_objects))
+
+    @property
+    def copies(self) -> int:
+        """Noised copies of each object per group: a positive (and a negative, contrastive)."""
+        return 2 if self.contrastive else 1
 
     def forward(
         self, batch_size: int, targets: Optional[Sequence[Dict[str, Tensor]]] = None, **context
@@ -188,7 +192,7 @@ class DenoisingQueries(nn.Module):
         counts = [len(t["labels"]) for t in targets]
         M = max(counts, default=0)
         P = self.groups_for(M)
-        copies = 2 if self.contrastive else 1  # positives (and negatives) per group
+        copies = self.copies
         if M == 0:  # nothing to denoise: the base bundle, empty groups
             groups = DenoisingGroups(P, 0, torch.zeros(B, 0, dtype=torch.bool, device=device), self.contrastive)
             return dataclasses.replace(base, meta=_with_route(base.meta, groups))

@@ -225,10 +225,11 @@ class SetPredictionDetector(nn.Module):
     def encode(self, state: DetectorState) -> EncoderMemory:
         raise NotImplementedError
 
-    def build_queries(self, state: DetectorState) -> QueryBundle:
-        """The query generator's bundle; in training it is given the targets (denoising
-        queries are made from them)."""
-        context = {"targets": state.targets} if self.training else {}
+    def build_queries(self, state: DetectorState, **context) -> QueryBundle:
+        """The query generator's bundle, given ``context`` (e.g. the encoder's selected
+        proposals) and, in training, the targets (denoising queries are made from them)."""
+        if self.training:
+            context["targets"] = state.targets
         return self.query_generator(len(state.images), **context)
 
     def decode(self, state: DetectorState, queries: QueryBundle) -> DecoderStates:

@@ -274,8 +274,7 @@ class DeformableDetr(SetPredictionDetector):
             return QueryBundle(query_pos=query_pos, tgt=tgt, reference_points=reference, meta={"loss_routes": routes})
         # Mixed selection: the generator adds its learned content (and, in training, what
         # wrappers such as DN add) to the selected boxes.
-        context = {"targets": state.targets} if self.training else {}
-        bundle = self.query_generator(len(state.images), proposals=reference, proposal_pos=query_pos, **context)
+        bundle = super().build_queries(state, proposals=reference, proposal_pos=query_pos)
         bundle.meta = {**bundle.meta, "loss_routes": [*routes, *bundle.meta.get("loss_routes", ())]}
         return bundle
 
